@@ -1,0 +1,70 @@
+"""``cat-adapter``: a registry of subcommands, each a parser plus one call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from cat_adapter import __version__
+from cat_adapter.errors import CatAdapterError
+
+SUBCOMMANDS = ("train", "sample", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cat-adapter",
+        description="Contrastive Adapter Training (CAT) for Stable Diffusion: learn a subject without forgetting its class.")
+    parser.add_argument("--version", action="version", version=f"cat-adapter {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show library warnings and debug logs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"cat_adapter.cli.{name}").register(sub)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except CatAdapterError as exc:
+        print(f"cat-adapter {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cat-adapter {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

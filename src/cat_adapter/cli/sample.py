@@ -1,0 +1,40 @@
+"""``cat-adapter sample``: images from a base model, optionally with a trained LoRA."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="Generate images with a base model and an optional LoRA.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="Hub id, diffusers folder or single-file .safetensors.")
+    p.add_argument("--lora", default=None, help="LoRA output folder (or its .safetensors file); none for the base model.")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="Multiplier of the LoRA update.")
+    p.add_argument("--prompt", required=True, action="append", help="Prompt; repeat for several.")
+    p.add_argument("--negative-prompt", default=None, help="Negative prompt.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the first image; image i uses seed + i.")
+    p.add_argument("--num-images", type=int, default=4, help="Images per prompt.")
+    p.add_argument("--steps", type=int, default=30, help="Sampling steps.")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance scale.")
+    p.add_argument("--resolution", type=int, default=None, help="Image size (default: the model's).")
+    p.add_argument("--batch-size", type=int, default=4, help="Images per forward batch.")
+    p.add_argument("--single-file-config", default=None, help="Config folder for a single-file --model (offline).")
+    p.add_argument("--allow-pickle", action="store_true", help="Allow non-safetensors weights (weights_only=True).")
+    p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
+    p.add_argument("--output", required=True, help="Folder for the PNGs and grid.png.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cat_adapter.sampling import sample_to_folder
+
+    files = sample_to_folder(
+        model=args.model, lora=args.lora, lora_scale=args.lora_scale, prompts=args.prompt, seed=args.seed,
+        num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
+        resolution=args.resolution, batch_size=args.batch_size, negative_prompt=args.negative_prompt,
+        single_file_config=args.single_file_config, allow_pickle=args.allow_pickle, cpu=args.cpu,
+        output=Path(args.output))
+    print(f"wrote {len(files) - 1} images and {files[-1]}")
+    return 0

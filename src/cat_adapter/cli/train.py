@@ -1,0 +1,29 @@
+"""``cat-adapter train``: parse options (defaults <- --config file <- flags), then ``training.train``."""
+
+from __future__ import annotations
+
+import argparse
+
+from cat_adapter.config import add_config_arguments, build_config, load_config_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="Train a LoRA or CAT adapter on a concept folder.",
+                       description="Train a personalization LoRA on a Stable Diffusion U-Net, with the CAT "
+                       "loss (paper Eq. 3) or without it (--method lora). Every option can also come from "
+                       "--config FILE.yaml; flags override the file.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML file of options (flat, or in the sections of OUT/config.yaml).")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cat_adapter.training.loop import train
+
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress", "func", "command", "verbose")}
+    cfg = build_config(load_config_file(args.config) if args.config else {}, given)
+    out = train(cfg, progress=not args.no_progress)
+    print(f"saved {out / 'pytorch_lora_weights.safetensors'}")
+    return 0

@@ -1,0 +1,357 @@
+"""Typed, validated training configuration.
+
+Layers, lowest first: dataclass defaults, then ``--config file.yaml``, then command-line flags.
+Every field has a help text (it is the documentation of the flag of the same name), unknown
+keys are errors that name the key, and values are checked before any model is loaded.
+
+A config file may be flat (``cat_alpha: 1.0``; kebab-case keys are accepted too) or grouped in
+the sections that ``OUT/config.yaml`` is written with (``method: {cat_alpha: 1.0}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from cat_adapter.errors import CatAdapterError
+
+REQUIRED = object()  # marker for options without a default
+
+
+def opt(default: Any = REQUIRED, help: str = "", *, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: its default, its help text and, for string enums, its choices."""
+    meta = {"help": help, "choices": choices, "required": default is REQUIRED}
+    if default is REQUIRED:
+        return field(default=None, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections: what is trained (model, data, method, optim) apart from how it runs (run).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt(help="Base model: a hub id (runwayml/stable-diffusion-v1-5), a local diffusers "
+                     "StableDiffusionPipeline folder, or a single-file .safetensors checkpoint.")
+    revision: str | None = opt(None, "Hub revision (branch, tag or commit) of --model.")
+    variant: str | None = opt(None, "Weight variant of --model to load, e.g. fp16.")
+    single_file_config: str | None = opt(
+        None, "For a single-file --model: a diffusers folder or hub id holding the component configs "
+        "(needed offline).")
+    allow_pickle: bool = opt(False, "Allow loading non-safetensors weight files (.bin/.ckpt), with "
+                             "torch.load(weights_only=True). Off by default: pickles can run code.")
+
+
+@dataclass
+class DataConfig:
+    data: str = opt(help="Concept folder: 3-20 images (png/jpg/jpeg/webp) with optional same-name .txt captions.")
+    trigger: str = opt("sks", "Trigger word that names the concept in captions (y_T).")
+    class_noun: str | None = opt(None, "Class of the concept, e.g. teapot. Needed by the caption template "
+                                 "and by --preserve-prompt class.")
+    caption_template: str = opt("a photo of {trigger} {class_noun}",
+                                "Caption for images without a .txt file; {trigger} and {class_noun} are filled in.")
+    caption_missing_trigger: str = opt("error", "What to do with a caption that lacks the trigger: "
+                                       "error, or prepend the trigger.", choices=("error", "prepend"))
+    resolution: int = opt(512, "Training resolution: images are resized (shorter side) and centre-cropped "
+                          "to a square of this size. Must be a multiple of 8.")
+    random_flip: bool = opt(False, "Randomly flip images horizontally (latents of both flips are cached).")
+    preserve_prompt: str = opt(
+        "remove", "How the trigger-free prompt y of Eq. 3 is made from each caption y_T: remove the trigger "
+        "(paper, Eq. 3), empty prompt (Fig. 2's 'unconditioned'), or class (trigger -> class noun).",
+        choices=("remove", "empty", "class"))
+    preserve_pool: str | None = opt(None, "Text file of extra trigger-free prompts (one per line) that the "
+                                    "preservation term also covers (other classes, other attributes).")
+    preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
+                                  "terms are averaged with the caption's.")
+
+
+@dataclass
+class MethodConfig:
+    method: str = opt("cat", "Training method.", choices=("lora", "cat"))
+    cat_alpha: float = opt(1.0, "CAT strength alpha of Eq. 3 (0 gives plain LoRA's update).")
+    cat_mode: str = opt("lean", "CAT execution: lean backpropagates the identity term before the "
+                        "preservation passes (memory near LoRA's); fast runs the adapted U-Net once on "
+                        "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
+    rank: int = opt(4, "LoRA rank r.")
+    lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); default: rank.")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
+    target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
+                                    "U-Net modules that get LoRA (comma-separated names).")
+
+
+@dataclass
+class OptimConfig:
+    steps: int = opt(600, "Optimizer steps.")
+    lr: float = opt(1e-4, "Learning rate (AdamW).")
+    batch_size: int = opt(1, "Images per micro-batch.")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    lr_scheduler: str = opt("constant", "Learning-rate schedule.", choices=(
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
+    lr_warmup_steps: int = opt(0, "Warm-up steps of the learning-rate schedule.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+
+
+@dataclass
+class RunConfig:
+    output: str = opt(help="Output folder for weights, config, log, checkpoints and grids.")
+    seed: int = opt(0, "Seed of everything random in the run (data order, flips, noise, timesteps, init).")
+    mixed_precision: str = opt("no", "Mixed precision of the frozen model (LoRA weights stay float32).",
+                               choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = opt(False, "Recompute U-Net activations in backward to save memory.")
+    cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
+    save_every: int = opt(0, "Also write a loadable LoRA snapshot OUT/step-N/ every N steps (0: off).")
+    save_dtype: str = opt("float32", "Precision of the saved LoRA weights.",
+                          choices=("float32", "float16", "bfloat16"))
+    export_format: str = opt("diffusers", "Also write OUT/pytorch_lora_weights_kohya.safetensors when kohya.",
+                             choices=("diffusers", "kohya"))
+    checkpoint_every: int = opt(0, "Write a resumable checkpoint every N steps (0: off).")
+    checkpoints_limit: int | None = opt(None, "Keep only the newest N checkpoints.")
+    resume: bool = opt(False, "Continue from the newest checkpoint in --output.")
+    overwrite: bool = opt(False, "Delete an existing --output folder and start afresh.")
+    validation_prompt: str | None = opt(None, "Prompt with the trigger; a grid of base vs adapted images "
+                                        "for it and its trigger-free form is written every --validation-every steps.")
+    validation_every: int = opt(100, "Steps between validation grids.")
+    validation_images: int = opt(2, "Images (seeds 0..N-1) per validation prompt.")
+    validation_steps: int = opt(25, "Sampling steps of validation images.")
+    validation_guidance_scale: float = opt(7.5, "Classifier-free guidance scale of validation images.")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check values that can be checked without touching files; raise naming the option."""
+        for section in sections(self):
+            for f in dataclasses.fields(section):
+                if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
+                    raise CatAdapterError(f"missing required option {flag(f.name)}")
+        d, m, o, r = self.data, self.method, self.optim, self.run
+        _check(m.cat_alpha >= 0, "--cat-alpha", f"must be >= 0 (got {m.cat_alpha})")
+        _check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
+        _check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
+        _check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
+        _check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")
+        _check(o.lr_warmup_steps >= 0, "--lr-warmup-steps", "must be >= 0")
+        _check(o.max_grad_norm >= 0, "--max-grad-norm", "must be >= 0 (0 disables clipping)")
+        _check(m.rank > 0, "--rank", f"must be >= 1 (got {m.rank})")
+        _check(m.lora_alpha is None or m.lora_alpha > 0, "--lora-alpha", "must be > 0")
+        _check(0 <= m.lora_dropout < 1, "--lora-dropout", "must be in [0, 1)")
+        _check(len(m.target_modules) > 0, "--target-modules", "must name at least one module")
+        _check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
+               f"must be a positive multiple of 8 (got {d.resolution})")
+        _check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
+               f"must be one word without spaces (got {d.trigger!r})")
+        _check(d.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
+        needs_class = "{class_noun}" in d.caption_template or d.preserve_prompt == "class"
+        _check(not needs_class or bool(d.class_noun), "--class-noun",
+               "is required by the caption template and by --preserve-prompt class")
+        _check("{trigger}" in d.caption_template, "--caption-template", "must contain {trigger}")
+        for name in ("save_every", "checkpoint_every", "validation_every"):
+            _check(getattr(r, name) >= 0, flag(name), "must be >= 0")
+        _check(r.checkpoints_limit is None or r.checkpoints_limit > 0, "--checkpoints-limit", "must be >= 1")
+        _check(r.validation_images > 0, "--validation-images", "must be >= 1")
+        _check(not (r.resume and r.overwrite), "--resume", "cannot be combined with --overwrite")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise CatAdapterError(f"{option} {message}")
+
+
+def sections(cfg: Any) -> list[Any]:
+    return [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_index(cls: type = TrainConfig) -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Map every option name to (section name, field, resolved type). Names are unique across sections."""
+    index: dict[str, tuple[str, dataclasses.Field, Any]] = {}
+    for sec in dataclasses.fields(cls):
+        sec_cls = get_type_hints(cls)[sec.name]
+        hints = get_type_hints(sec_cls)
+        for f in dataclasses.fields(sec_cls):
+            assert f.name not in index, f"duplicate option {f.name}"
+            index[f.name] = (sec.name, f, hints[f.name])
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# Coercion of values from YAML or the command line into the field's type.
+# --------------------------------------------------------------------------------------------
+
+
+def coerce(name: str, value: Any, typ: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """Convert ``value`` to ``typ``; raise a one-line error naming the option otherwise."""
+    where = flag(name)
+    args = get_args(typ)
+    if type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        typ = next(a for a in args if a is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            value = str(value)
+            if choices is not None and value not in choices:
+                raise CatAdapterError(f"{where} must be one of {', '.join(choices)} (got {value!r})")
+            return value
+        if get_origin(typ) is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
+    except (TypeError, ValueError):
+        raise CatAdapterError(f"{where}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from None
+    raise TypeError(f"unsupported option type {typ} for {name}")
+
+
+def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Accept flat keys and section-grouped keys; normalise kebab-case to snake_case."""
+    index = field_index()
+    section_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        k = str(key).replace("-", "_")
+        if k in section_names and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                sk = str(sub_key).replace("-", "_")
+                if sk not in index or index[sk][0] != k:
+                    raise CatAdapterError(f"{source}: unknown key '{k}.{sub_key}'")
+                flat[sk] = sub_value
+        elif k in index:
+            flat[k] = value
+        elif k == "package_version":
+            continue  # written into OUT/config.yaml for provenance
+        else:
+            raise CatAdapterError(f"{source}: unknown key '{key}' (see cat-adapter train --help)")
+    return flat
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CatAdapterError(f"--config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise CatAdapterError(f"--config {path}: not valid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CatAdapterError(f"--config {path}: expected a mapping of option names to values")
+    return _flatten(raw, f"--config {path}")
+
+
+def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- file values <- overrides, coerced to their types and validated."""
+    index = field_index()
+    merged: dict[str, dict[str, Any]] = {}
+    for source in (file_values or {}, overrides or {}):
+        for name, value in source.items():
+            if name not in index:
+                raise CatAdapterError(f"unknown option {flag(name)}")
+            sec, f, typ = index[name]
+            merged.setdefault(sec, {})[name] = coerce(name, value, typ, f.metadata.get("choices"))
+    hints = get_type_hints(TrainConfig)
+    kwargs = {sec.name: hints[sec.name](**merged.get(sec.name, {})) for sec in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**kwargs).validate()
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Rebuild a TrainConfig from a saved OUT/config.yaml (sectioned or flat)."""
+    return build_config(_flatten(data, source))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per field, grouped by section; defaults are SUPPRESSed so only given flags are seen."""
+    hints = get_type_hints(cls)
+    for sec in dataclasses.fields(cls):
+        sec_cls = hints[sec.name]
+        group = parser.add_argument_group(sec.name)
+        sec_hints = get_type_hints(sec_cls)
+        for f in dataclasses.fields(sec_cls):
+            typ = sec_hints[f.name]
+            help_text = f.metadata.get("help", "")
+            if f.metadata.get("required"):
+                help_text += " (required)"
+            elif f.default is not dataclasses.MISSING:
+                help_text += f" (default: {f.default})"
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+                help_text += f" (default: {','.join(default) if isinstance(default, list) else default})"
+            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                      "help": help_text.replace("%", "%%")}
+            if typ is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}" if f.metadata.get("choices") else f.name.upper()
+            group.add_argument(flag(f.name), **kwargs)
+
+
+def save_config(cfg: TrainConfig, path: str | Path, **extra: Any) -> None:
+    from cat_adapter.io import write_text_atomic
+
+    data = dict(extra)
+    data.update(cfg.to_dict())
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+# Options that may change between a run and its --resume without changing what is trained.
+RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_every", "checkpoints_limit",
+                     "validation_prompt", "validation_every", "validation_images", "validation_steps",
+                     "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output"}
+
+
+def resume_mismatch(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """Options that differ between the saved run and the resumed one and would change the result."""
+    diffs = []
+    for sec_saved, sec_now in zip(sections(saved), sections(current)):
+        for f in dataclasses.fields(sec_saved):
+            if f.name in RESUME_MAY_CHANGE:
+                continue
+            if getattr(sec_saved, f.name) != getattr(sec_now, f.name):
+                diffs.append(f"{flag(f.name)} ({getattr(sec_saved, f.name)!r} -> {getattr(sec_now, f.name)!r})")
+    return diffs

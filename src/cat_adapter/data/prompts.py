@@ -1,0 +1,78 @@
+"""Trigger handling: from a caption with the trigger (y_T) to the trigger-free prompt y of Eq. 3.
+
+Matching is word-boundary aware and case-insensitive: ``sks`` matches in ``a sks teapot``,
+``sks's hat``, ``a sks-teapot`` and twice in ``sks and sks``, but not inside ``asks`` or
+``sksx``. A possessive ``'s`` and a joining hyphen belong to the trigger.
+"""
+
+from __future__ import annotations
+
+import re
+
+PRESERVE_MODES = ("remove", "empty", "class")
+
+
+def trigger_pattern(trigger: str) -> re.Pattern[str]:
+    """Regex matching ``trigger`` as a whole word, with an optional possessive and joining hyphen."""
+    word = re.escape(trigger.strip())
+    # Not preceded by a letter/digit/underscore/hyphen/apostrophe; not followed by a letter/digit/underscore.
+    return re.compile(rf"(?<![\w'’-]){word}(?P<poss>['’]s)?(?![\w])(?P<hyphen>-(?=\w))?", re.IGNORECASE)
+
+
+def has_trigger(caption: str, trigger: str) -> bool:
+    return trigger_pattern(trigger).search(caption) is not None
+
+
+def tidy(text: str) -> str:
+    """Collapse whitespace and fix the punctuation a removed word leaves behind."""
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+([,.;:!?])", r"\1", text)         # "a , b" -> "a, b"
+    text = re.sub(r"([,;:])(\s*[,;:])+", r"\1", text)     # ", ," -> ","
+    text = re.sub(r"\(\s*\)", "", text)                   # "()" left by "(sks)"
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"^[\s,;:]+", "", text)                 # leading ", "
+    text = re.sub(r"[\s,;:]+$", "", text)                 # trailing " ,"
+    text = re.sub(r"[\s,;:]+([.!?])$", r"\1", text)
+    return text.strip()
+
+
+def remove_trigger(caption: str, trigger: str) -> str:
+    """y = y_T without the trigger word(s): ``a photo of sks teapot`` -> ``a photo of teapot``."""
+    return tidy(trigger_pattern(trigger).sub(" ", caption))
+
+
+def replace_trigger(caption: str, trigger: str, class_noun: str) -> str:
+    """Trigger -> class noun, without doubling a class noun that follows it.
+
+    ``a sks teapot`` -> ``a teapot``; ``a sks-teapot`` -> ``a teapot``; ``a sks on a table`` ->
+    ``a teapot on a table``; ``sks's lid`` -> ``teapot's lid``.
+    """
+    noun = class_noun.strip()
+    follows = re.compile(rf"[\s-]*{re.escape(noun)}(?![\w])", re.IGNORECASE)
+
+    def _sub(match: re.Match[str]) -> str:
+        if match.group("poss"):
+            return noun + match.group("poss")
+        if match.group("hyphen") or follows.match(caption, match.end()):
+            return ""  # the class noun already follows: drop the trigger (and its hyphen) only
+        return noun
+
+    return tidy(trigger_pattern(trigger).sub(_sub, caption))
+
+
+def plain_prompt(caption: str, trigger: str, mode: str = "remove", class_noun: str | None = None) -> str:
+    """The trigger-free prompt y for caption y_T under ``--preserve-prompt`` ``mode``."""
+    if mode == "remove":
+        return remove_trigger(caption, trigger)
+    if mode == "empty":
+        return ""
+    if mode == "class":
+        if not class_noun:
+            raise ValueError("--preserve-prompt class needs a class noun")
+        return replace_trigger(caption, trigger, class_noun)
+    raise ValueError(f"unknown --preserve-prompt mode {mode!r}; choose one of {', '.join(PRESERVE_MODES)}")
+
+
+def fill_template(template: str, trigger: str, class_noun: str | None) -> str:
+    """``{trigger}`` / ``{class_noun}`` placeholders; any other brace text is kept as it is."""
+    return tidy(template.replace("{trigger}", trigger).replace("{class_noun}", class_noun or ""))

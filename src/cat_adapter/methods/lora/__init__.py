@@ -1,0 +1,3 @@
+from cat_adapter.methods.lora.method import LoRAMethod
+
+__all__ = ["LoRAMethod"]
