@@ -1,0 +1,64 @@
+import pytest
+import yaml
+
+from cat_adapter.cli.main import main
+from cat_adapter.config import build_config, config_from_dict, load_config_file
+from cat_adapter.errors import CatAdapterError
+
+REQ = dict(model="m", data="d", output="o", class_noun="teapot")
+
+
+def test_defaults_are_the_papers():
+    cfg = build_config(overrides=REQ)
+    assert (cfg.optim.lr, cfg.optim.steps, cfg.optim.weight_decay) == (1e-4, 600, 0.01)
+    assert (cfg.optim.adam_beta1, cfg.optim.adam_beta2, cfg.optim.adam_epsilon) == (0.9, 0.999, 1e-8)
+    assert cfg.method.cat_alpha == 1.0 and cfg.method.method == "cat"
+    assert cfg.method.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def test_file_then_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"cat-alpha": 0.5, "steps": 10, "optim": {"lr": 3e-4}, "target_modules": "to_q,to_v", **REQ}))
+    cfg = build_config(load_config_file(f), {"steps": "20"})
+    assert cfg.method.cat_alpha == 0.5 and cfg.optim.lr == 3e-4
+    assert cfg.optim.steps == 20  # the flag wins over the file
+    assert cfg.method.target_modules == ["to_q", "to_v"]
+    # The saved (sectioned) form rebuilds the same config.
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"cat_alhpa": 1.0}, "cat_alhpa"),
+    ({"method": {"lr": 1.0}}, "method.lr"),
+    ({"steps": "many"}, "--steps"),
+    ({"method": "dreamfusion"}, "--method"),
+    ({"random_flip": "maybe"}, "--random-flip"),
+])
+def test_bad_config_file_names_the_key(tmp_path, content, needle):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({**REQ, **content}))
+    with pytest.raises(CatAdapterError, match=needle.replace(".", r"\.")):
+        build_config(load_config_file(f))
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"cat_alpha": -1}, "--cat-alpha"), ({"steps": 0}, "--steps"), ({"resolution": 30}, "--resolution"),
+    ({"rank": 0}, "--rank"), ({"trigger": "two words"}, "--trigger"), ({"class_noun": None}, "--class-noun"),
+])
+def test_bad_values_name_the_option(override, needle):
+    with pytest.raises(CatAdapterError, match=needle):
+        build_config(overrides={**REQ, **override})
+
+
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for f in ("--model", "--data", "--trigger", "--class-noun", "--method", "--cat-alpha", "--cat-mode", "--steps",
+              "--resolution", "--seed", "--output", "--config", "--mixed-precision", "--gradient-checkpointing",
+              "--gradient-accumulation-steps", "--batch-size", "--lr", "--lr-scheduler", "--lr-warmup-steps",
+              "--max-grad-norm", "--rank", "--lora-alpha", "--preserve-prompt", "--preserve-pool",
+              "--preserve-pool-size", "--save-every", "--checkpoint-every", "--resume", "--export-format",
+              "--save-dtype", "--validation-prompt", "--caption-missing-trigger", "--allow-pickle"):
+        assert f in text, f

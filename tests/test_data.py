@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cat_adapter.data.cache import BatchSampler, build_cache
+from cat_adapter.data.concept import load_concept, open_image, resize_center_crop
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.models import load_pipeline
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))       # fully transparent red -> white
+    rgba.save(tmp_path / "a.png")
+    Image.new("L", (10, 10), 100).save(tmp_path / "b.png")
+    p = Image.new("P", (10, 10), 0)
+    p.putpalette([0, 255, 0] * 256)
+    p.save(tmp_path / "c.png")
+    Image.fromarray(np.full((10, 10), 65535, dtype=np.uint16)).save(tmp_path / "d.png")  # 16-bit white
+    assert open_image(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
+    assert open_image(tmp_path / "b.png").getpixel((0, 0)) == (100, 100, 100)
+    assert open_image(tmp_path / "c.png").getpixel((0, 0)) == (0, 255, 0)
+    assert open_image(tmp_path / "d.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (20, 10), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100)
+    out = open_image(tmp_path / "r.jpg")
+    assert out.size == (10, 20)
+    r, g, b = out.getpixel((5, 2))
+    assert r > 200 and b < 60  # the red half is on top after rotation
+
+
+def test_resize_and_center_crop():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (10, 0, 30, 20))  # white centre band
+    out = resize_center_crop(img, 16)
+    assert out.size == (16, 16)
+    assert out.getpixel((8, 8)) == (255, 255, 255)
+
+
+def test_captions_template_and_missing_trigger(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (12, 12)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "0.txt").write_text("a sks teapot on a table")
+    items = load_concept(tmp_path, trigger="sks", class_noun="teapot")
+    assert [it.caption for it in items] == ["a sks teapot on a table", "a photo of sks teapot", "a photo of sks teapot"]
+    assert [it.plain for it in items] == ["a teapot on a table", "a photo of teapot", "a photo of teapot"]
+    (tmp_path / "1.txt").write_text("a teapot")
+    with pytest.raises(CatAdapterError, match="1.txt"):
+        load_concept(tmp_path, trigger="sks", class_noun="teapot")
+    items = load_concept(tmp_path, trigger="sks", class_noun="teapot", missing_trigger="prepend")
+    assert items[1].caption == "sks, a teapot" and items[1].plain == "a teapot"
+
+
+def test_cache_holds_both_flips_and_sampler_is_seeded(tiny_model, concept_dir):
+    pipe = load_pipeline(str(tiny_model))
+    items = load_concept(concept_dir, trigger="sks", class_noun="circle")
+    cache = build_cache(pipe, items, resolution=16, random_flip=True, device="cpu", pool_prompts=["a square", "a star"])
+    n = len(items)
+    assert cache.latent_mean.shape == (2, n, 4, 8, 8)
+    # The flipped copy is the encoding of the flipped image, not a flip of the latent.
+    assert not torch.allclose(cache.latent_mean[0], cache.latent_mean[1])
+    assert cache.emb_trigger.shape[0] == n and cache.emb_pool.shape[0] == 2
+    assert not torch.equal(cache.emb_trigger, cache.emb_plain)
+
+    def draws(seed):
+        s = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=seed)
+        return [s.next() for _ in range(3)]
+
+    a, b, c = draws(0), draws(0), draws(1)
+    assert all(torch.equal(x.noise, y.noise) and torch.equal(x.latents, y.latents) for x, y in zip(a, b))
+    assert not torch.equal(a[0].noise, c[0].noise)
+    assert a[0].cond_pool.shape[0] == 1
+    # Sampler state round-trips (resume).
+    s = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=0)
+    s.next()
+    state = s.state_dict()
+    nxt = s.next()
+    s2 = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=5)
+    s2.load_state_dict(state)
+    assert torch.equal(s2.next().latents, nxt.latents)
