@@ -169,6 +169,8 @@ class TrainConfig:
         _check(r.checkpoints_limit is None or r.checkpoints_limit > 0, "--checkpoints-limit", "must be >= 1")
         _check(r.validation_images > 0, "--validation-images", "must be >= 1")
         _check(not (r.resume and r.overwrite), "--resume", "cannot be combined with --overwrite")
+        if m.lora_alpha is None:
+            m.lora_alpha = float(m.rank)  # resolved here so the saved config holds the value used
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -7,9 +7,12 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 import cat_adapter
 from cat_adapter.config import TrainConfig, config_from_dict, resume_mismatch, save_config
@@ -58,137 +61,177 @@ def load_pool(cfg: TrainConfig) -> list[str] | None:
     return prompts
 
 
+@dataclass
+class Session:
+    """What one training run holds between set-up and the loop."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    pipe: Any
+    method: Any
+    optimizer: Any
+    lr_scheduler: Any
+    sampler: BatchSampler
+    weight_dtype: torch.dtype
+    start: int = 0
+    last_checkpoint: Path | None = None
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Train an adapter as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
+    from accelerate.state import AcceleratorState
 
-    m, d, meth, r, run = cfg.model, cfg.data, cfg.method, cfg.optim, cfg.run
-    out = Path(run.output)
     mode = check_output(cfg)
+    d = cfg.data
     # Cheap checks on every input before any model is loaded.
     items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
                          missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
     pool = load_pool(cfg)
+    out = Path(cfg.run.output)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume" and (out / "config.yaml").is_file():
-        import yaml
-
         saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
         diffs = resume_mismatch(saved, cfg)
         if diffs:
             raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
+    try:
+        s = setup(cfg, items, pool)
+        if mode == "overwrite" or (mode == "resume" and not checkpoints):
+            if mode == "resume":
+                log.warning("--resume: no checkpoint in %s, starting from step 0", out)
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if checkpoints:
+            resume(s, checkpoints[-1])
+        else:
+            save_config(cfg, out / "config.yaml", package_version=cat_adapter.__version__)
+            write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption, "plain": it.plain,
+                                                      "caption_source": it.caption_source} for it in items])
+            (out / "log.jsonl").write_text("")
+        run_loop(s, progress=progress)
+        s.accelerator.wait_for_everyone()
+        if s.accelerator.is_main_process:
+            s.method.save(out, dtype=DTYPES[cfg.run.save_dtype], kohya=cfg.run.export_format == "kohya")
+            validate(s, out / "validation.png")
+        s.accelerator.end_training()
+    finally:
+        AcceleratorState._reset_state()  # so a later train() in this process may use other precision settings
+    return out
 
+
+def setup(cfg: TrainConfig, items: list, pool: list[str] | None) -> Session:
+    """Accelerator, frozen pipeline, caches, method (adds LoRA), optimizer, LR schedule, sampler."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    m, d, o, run = cfg.model, cfg.data, cfg.optim, cfg.run
     accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
-                              gradient_accumulation_steps=r.gradient_accumulation_steps)
+                              gradient_accumulation_steps=o.gradient_accumulation_steps)
     set_seed(run.seed)  # LoRA init draws from the global generator
     weight_dtype = MIXED[run.mixed_precision]
     pipe = load_pipeline(m.model, dtype=weight_dtype, revision=m.revision, variant=m.variant,
                          single_file_config=m.single_file_config, allow_pickle=m.allow_pickle)
     pipe.to(accelerator.device)
     freeze(pipe.unet, pipe.vae, pipe.text_encoder)
-
-    if mode == "overwrite" or (mode == "resume" and not checkpoints):
-        if mode == "resume":
-            log.warning("--resume: no checkpoint in %s, starting from step 0", out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
     cache = build_cache(pipe, items, resolution=d.resolution, random_flip=d.random_flip,
                         device=accelerator.device, pool_prompts=pool)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    method = get_method(meth.method)(pipe.unet, noise_scheduler, meth)
-    if meth.lora_alpha is None:
-        meth.lora_alpha = float(meth.rank)  # resolved value goes into config.yaml
+    method = get_method(cfg.method.method)(pipe.unet, noise_scheduler, cfg.method)
     if run.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     pipe.unet.train()
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=r.lr, betas=(r.adam_beta1, r.adam_beta2),
-                                  weight_decay=r.weight_decay, eps=r.adam_epsilon)
-    lr_scheduler = get_scheduler(r.lr_scheduler, optimizer, num_warmup_steps=r.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=r.steps * accelerator.num_processes)
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
+                                  weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=o.steps * accelerator.num_processes)
     method.forward_model, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
-    sampler = BatchSampler(cache, batch_size=r.batch_size, pool_size=d.preserve_pool_size,
+    sampler = BatchSampler(cache, batch_size=o.batch_size, pool_size=d.preserve_pool_size,
                            num_train_timesteps=noise_scheduler.config.num_train_timesteps,
                            seed=run.seed + accelerator.process_index)
+    return Session(cfg, accelerator, pipe, method, optimizer, lr_scheduler, sampler, weight_dtype)
 
-    start = 0
-    log_path = out / "log.jsonl"
-    if checkpoints:
-        ckpt = load_checkpoint(checkpoints[-1])
-        method.load(ckpt["adapter"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        sampler.load_state_dict(ckpt["sampler"])
-        restore_rng(ckpt)
-        start = ckpt["step"]
-        kept = [ln for ln in (log_path.read_text().splitlines() if log_path.is_file() else [])
-                if ln.strip() and json.loads(ln)["step"] <= start]
-        write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
-        accelerator.print(f"resumed from {checkpoints[-1]} (step {start})")
-    else:
-        save_config(cfg, out / "config.yaml", package_version=cat_adapter.__version__)
-        write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption,
-                                                  "plain": it.plain, "caption_source": it.caption_source} for it in items])
-        log_path.write_text("")
 
-    val_plain = plain_prompt(run.validation_prompt, d.trigger, d.preserve_prompt, d.class_noun) if run.validation_prompt else None
+def resume(s: Session, path: Path) -> None:
+    """Adapter, optimizer, LR schedule, data stream and RNG states from a checkpoint; the log is cut to it."""
+    ckpt = load_checkpoint(path)
+    s.method.load(ckpt["adapter"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    s.sampler.load_state_dict(ckpt["sampler"])
+    restore_rng(ckpt)
+    s.start, s.last_checkpoint = ckpt["step"], path
+    log_path = Path(s.cfg.run.output) / "log.jsonl"
+    kept = [ln for ln in (log_path.read_text().splitlines() if log_path.is_file() else [])
+            if ln.strip() and json.loads(ln)["step"] <= s.start]
+    write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
+    s.accelerator.print(f"resumed from {path} (step {s.start})")
 
-    def validate(path: Path) -> None:
-        if run.validation_prompt and accelerator.is_main_process:
-            validation_grid(pipe, method.trainable_parameters(), prompt_trigger=run.validation_prompt,
-                            prompt_plain=val_plain, num_images=run.validation_images, steps=run.validation_steps,
-                            guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
-                            autocast=accelerator.autocast())
 
-    bar = tqdm(range(start, r.steps), initial=start, total=r.steps, disable=not progress or not accelerator.is_main_process,
-               desc=f"{meth.method}", dynamic_ncols=True)
-    last_good = checkpoints[-1] if checkpoints else None
-    with log_path.open("a") as log_file:
+def validate(s: Session, path: Path) -> None:
+    run, d = s.cfg.run, s.cfg.data
+    if not run.validation_prompt or not s.accelerator.is_main_process:
+        return
+    validation_grid(s.pipe, s.method.trainable_parameters(), prompt_trigger=run.validation_prompt,
+                    prompt_plain=plain_prompt(run.validation_prompt, d.trigger, d.preserve_prompt, d.class_noun),
+                    num_images=run.validation_images, steps=run.validation_steps,
+                    guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
+                    autocast=s.accelerator.autocast())
+
+
+def train_step(s: Session) -> dict[str, float | None]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the averaged loss terms."""
+    o, acc = s.cfg.optim, s.accelerator
+    n = o.gradient_accumulation_steps
+    terms: dict[str, float | None] = {"loss": 0.0}
+    for _ in range(n):
+        batch = s.sampler.next().to(acc.device, s.weight_dtype)
+        with acc.accumulate(s.method.forward_model), acc.autocast():
+            out = s.method.forward_backward(batch, acc.backward)
+        terms["loss"] += out.total.item() / n
+        for k, v in out.terms.items():
+            terms[k] = None if v is None else terms.get(k, 0.0) + v / n
+    if not math.isfinite(terms["loss"]):
+        return terms  # the caller stops before the optimizer touches the weights
+    if acc.sync_gradients and o.max_grad_norm > 0:
+        acc.clip_grad_norm_(s.method.trainable_parameters(), o.max_grad_norm)
+    terms["lr"] = s.lr_scheduler.get_last_lr()[0]
+    s.optimizer.step()
+    s.lr_scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
+def run_loop(s: Session, *, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
+    main = s.accelerator.is_main_process
+    bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
+               disable=not (progress and main), dynamic_ncols=True)
+    with (out / "log.jsonl").open("a") as log_file:
         for step in bar:
             t0 = time.perf_counter()
-            terms: dict[str, float] = {}
-            total = 0.0
-            for _ in range(r.gradient_accumulation_steps):
-                batch = sampler.next().to(accelerator.device, weight_dtype)
-                with accelerator.accumulate(method.forward_model), accelerator.autocast():
-                    out_step = method.forward_backward(batch, accelerator.backward)
-                total += out_step.total.item() / r.gradient_accumulation_steps
-                for k, v in out_step.terms.items():
-                    terms[k] = None if v is None else terms.get(k, 0.0) + v / r.gradient_accumulation_steps
-            if not math.isfinite(total):
-                raise CatAdapterError(
-                    f"non-finite loss ({total}) at step {step + 1}; stopped before updating the weights. Last good "
-                    f"checkpoint: {last_good or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
-            if accelerator.sync_gradients and r.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(method.trainable_parameters(), r.max_grad_norm)
-            lr = lr_scheduler.get_last_lr()[0]
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            terms = train_step(s)
             done = step + 1
-            record = {"step": done, "loss": total, **terms, "lr": lr, "seconds": round(time.perf_counter() - t0, 4)}
-            if accelerator.is_main_process:
+            if not math.isfinite(terms["loss"]):
+                raise CatAdapterError(
+                    f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
+                    f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
+            record = {"step": done, **terms, "seconds": round(time.perf_counter() - t0, 4)}
+            if main:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.startswith("loss") and v is not None})
-            if run.checkpoint_every and done % run.checkpoint_every == 0 and done < r.steps and accelerator.is_main_process:
-                last_good = save_checkpoint(out, done, adapter=peft_state_dict(pipe.unet), optimizer=optimizer,
-                                            lr_scheduler=lr_scheduler, sampler_state=sampler.state_dict(),
-                                            limit=run.checkpoints_limit)
-            if run.save_every and done % run.save_every == 0 and done < r.steps and accelerator.is_main_process:
-                snap = out / f"step-{done}"
-                method.save(snap, dtype=DTYPES[run.save_dtype])
-                validate(snap / "validation.png")
-            elif run.validation_every and done % run.validation_every == 0 and done < r.steps:
-                validate(out / "validation" / f"step-{done:06d}.png")
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        method.save(out, dtype=DTYPES[run.save_dtype], kohya=run.export_format == "kohya")
-        validate(out / "validation.png")
-    accelerator.end_training()
-    return out
+            bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k.startswith("loss") and v is not None})
+            if done == steps or not main:
+                continue
+            if run.checkpoint_every and done % run.checkpoint_every == 0:
+                s.last_checkpoint = save_checkpoint(out, done, adapter=peft_state_dict(s.pipe.unet), optimizer=s.optimizer,
+                                                    lr_scheduler=s.lr_scheduler, sampler_state=s.sampler.state_dict(),
+                                                    limit=run.checkpoints_limit)
+            if run.save_every and done % run.save_every == 0:
+                s.method.save(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
+                validate(s, out / f"step-{done}" / "validation.png")
+            elif run.validation_every and done % run.validation_every == 0:
+                validate(s, out / "validation" / f"step-{done:06d}.png")

@@ -1,0 +1,157 @@
+"""End-to-end training on a tiny model: artefacts, diffusers loading, resume after SIGKILL, precision."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+from helpers import train_overrides
+from safetensors.torch import load_file
+
+from cat_adapter.config import MethodConfig, build_config
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.methods import get_method
+from cat_adapter.models import freeze, load_lora, load_pipeline
+from cat_adapter.training.loop import train
+
+
+def unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        return unet(z, torch.tensor([10, 500]), c).sample
+
+
+def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_path):
+    out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "out", steps=3,
+                                                       save_every=2, validation_prompt="a sks circle",
+                                                       validation_steps=2, validation_every=2)), progress=False)
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all({"step", "loss", "loss_identity", "loss_preservation", "lr"} <= set(x) for x in lines)
+    assert all(abs(x["loss"] - (x["loss_identity"] + x["loss_preservation"])) < 1e-5 for x in lines)  # alpha 1
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["package_version"] and cfg["method"]["lora_alpha"] == 4.0  # resolved, not None
+    assert (out / "validation.png").is_file() and (out / "step-2" / "validation.png").is_file()
+    # The snapshot and the final weights both load into plain diffusers and change the U-Net.
+    for folder in (out / "step-2", out):
+        pipe = load_pipeline(str(tiny_model))
+        before = unet_out(pipe.unet)
+        pipe.load_lora_weights(str(folder))
+        assert not torch.allclose(unet_out(pipe.unet), before)
+
+
+def test_saved_lora_loads_in_diffusers_with_equal_outputs(tiny_model, tmp_path):
+    """lora_alpha != rank: the scale survives only through the saved adapter metadata."""
+    pipe = load_pipeline(str(tiny_model))
+    freeze(pipe.unet)
+    m = get_method("cat")(pipe.unet, None, MethodConfig(rank=4, lora_alpha=8.0))
+    g = torch.Generator().manual_seed(0)
+    for name, p in pipe.unet.named_parameters():
+        if "lora_" in name:
+            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    trained = unet_out(pipe.unet)
+    m.save(tmp_path / "lora", kohya=True)
+    for weight in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"):
+        fresh = load_pipeline(str(tiny_model))
+        fresh.load_lora_weights(str(tmp_path / "lora"), weight_name=weight)
+        torch.testing.assert_close(unet_out(fresh.unet), trained, rtol=1e-5, atol=1e-6, msg=weight)
+    kohya = load_file(str(tmp_path / "lora" / "pytorch_lora_weights_kohya.safetensors"))
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {8.0}
+
+
+def test_alpha_zero_cat_equals_lora_bit_for_bit(tiny_model, concept_dir, tmp_path):
+    common = train_overrides(tiny_model, concept_dir, None, steps=3, preserve_pool=None)
+    a = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat", "cat_alpha": 0.0,
+                                      "cat_mode": "lean"}), progress=False)
+    b = train(build_config(overrides={**common, "output": str(tmp_path / "lora"), "method": "lora"}), progress=False)
+    wa, wb = load_file(str(a / "pytorch_lora_weights.safetensors")), load_file(str(b / "pytorch_lora_weights.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log = [json.loads(x) for x in (a / "log.jsonl").read_text().splitlines()]
+    assert all(x["loss_preservation"] > 0 for x in log[1:])  # the preservation pass was really run
+
+
+KILLER = textwrap.dedent("""
+    import json, os, signal, sys
+    from cat_adapter.config import build_config
+    from cat_adapter.methods.cat.method import CATMethod
+    from cat_adapter.training.loop import train
+    calls, original = [0], CATMethod.forward_backward
+    def forward_backward(self, batch, backward):
+        calls[0] += 1
+        if calls[0] == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
+        return original(self, batch, backward)
+    CATMethod.forward_backward = forward_backward
+    train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
+""")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, concept_dir, tmp_path):
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=8, checkpoint_every=3, lora_dropout=0.1,
+                         random_flip=True, lr_scheduler="cosine", lr_warmup_steps=2)
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), "6"], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    out = tmp_path / "killed"
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
+    with pytest.raises(CatAdapterError, match="--resume"):
+        train(build_config(overrides=kw), progress=False)  # same command without --resume refuses
+    resumed = train(build_config(overrides={**kw, "resume": True}), progress=False)
+    straight = train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
+    wa = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert diff <= 1e-6, diff
+    steps = [json.loads(x)["step"] for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model, concept_dir, tmp_path, monkeypatch):
+    from cat_adapter.methods.cat.method import CATMethod
+
+    calls, original = [0], CATMethod.forward_backward
+
+    def poisoned(self, batch, backward):
+        calls[0] += 1
+        if calls[0] == 4:
+            batch.noise[:] = float("nan")
+        return original(self, batch, backward)
+
+    monkeypatch.setattr(CATMethod, "forward_backward", poisoned)
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "nan", steps=6, checkpoint_every=2)
+    with pytest.raises(CatAdapterError, match=r"non-finite loss .* step 4.*step-000002"):
+        train(build_config(overrides=kw), progress=False)
+    out = tmp_path / "nan"
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    ckpt = load_file(str(out / "checkpoints" / "step-000002" / "adapter.safetensors"))
+    assert all(torch.isfinite(v).all() for v in ckpt.values())
+
+
+def test_bf16_mixed_precision_keeps_lora_in_float32(tiny_model, concept_dir, tmp_path, monkeypatch):
+    from cat_adapter.methods.lora import method as lora_method
+
+    seen = {}
+    original = lora_method.LoRAMethod.trainable_parameters
+
+    def spy(self):
+        params = original(self)
+        seen["dtypes"] = {p.dtype for p in params}
+        seen["frozen"] = self.unet.conv_in.weight.dtype
+        return params
+
+    monkeypatch.setattr(lora_method.LoRAMethod, "trainable_parameters", spy)
+    out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "bf16", steps=2,
+                                                       mixed_precision="bf16", save_dtype="float16",
+                                                       gradient_accumulation_steps=2, batch_size=2,
+                                                       gradient_checkpointing=True)), progress=False)
+    assert seen["dtypes"] == {torch.float32} and seen["frozen"] == torch.bfloat16
+    w = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert {v.dtype for v in w.values()} == {torch.float16}
+    pipe = load_pipeline(str(tiny_model))
+    load_lora(pipe, out)  # loads through plain diffusers
