@@ -76,7 +76,8 @@ def load_pipeline(
             pipe = StableDiffusionPipeline.from_pretrained(
                 model, revision=revision, variant=variant, use_safetensors=None if allow_pickle else True, **common)
         except Exception as exc:  # network errors, missing repos, gated repos
-            raise CatAdapterError(f"{option} {model}: cannot load from the hub ({_first_line(exc)})") from None
+            raise CatAdapterError(f"{option} {model}: cannot load from the hub ({_first_line(exc, 160)}); check the "
+                                  "id, the network and HF_TOKEN, or pass a local diffusers folder") from None
     else:
         raise CatAdapterError(f"{option} {model}: no such folder or file (and not a hub id of the form org/name)")
     pipe.set_progress_bar_config(disable=True)
@@ -132,6 +133,7 @@ def saved_run_config(lora: str | Path) -> dict | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

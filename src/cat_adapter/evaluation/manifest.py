@@ -109,7 +109,7 @@ def read_manifest(path: str | Path, *, option: str = "--manifest") -> list[Manif
         absent = [c for c in needed if c != "prompt_plain" and _cell(raw, c) is None]
         if absent:
             raise CatAdapterError(f"{where}: {group} row lacks {', '.join(absent)}")
-        if raw.get("prompt_plain") is None and "prompt_plain" in needed:
+        if raw.get("prompt_plain") is None:
             raise CatAdapterError(f"{where}: row lacks prompt_plain")
         if group == "control" and (_cell(raw, "prompt_trigger") or _cell(raw, "image_trigger")):
             raise CatAdapterError(f"{where}: a control row has no prompt_trigger or image_trigger")
@@ -129,7 +129,7 @@ def read_manifest(path: str | Path, *, option: str = "--manifest") -> list[Manif
             images[col] = p
         rows.append(ManifestRow(group=group, prompt_trigger=_cell(raw, "prompt_trigger"),
                                 prompt_plain=str(raw.get("prompt_plain") or ""), seed=seed,
-                                prompt_text=raw.get("prompt_text") if raw.get("prompt_text") is not None else None,
+                                prompt_text=_cell(raw, "prompt_text"),
                                 **images))
     if not rows:
         raise CatAdapterError(f"{option} {path}: no rows")

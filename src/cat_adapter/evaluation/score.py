@@ -1,0 +1,196 @@
+"""Manifest -> pairs.csv + metrics.json + grid.png: the one scoring path of ``score`` and ``evaluate``.
+
+``pair_specs`` decides which images are compared (pure), ``compute_pairs`` embeds each distinct
+image and text once with CLIP and takes the cosines, ``metrics.aggregate`` turns the cosines
+into scores. Paths in pairs.csv are relative to the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+import cat_adapter
+from cat_adapter.data.concept import open_image
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.evaluation.clip import DEFAULT_CLIP, ClipEmbedder, check_clip_spec
+from cat_adapter.evaluation.manifest import ManifestRow, read_manifest
+from cat_adapter.evaluation.metrics import DEFAULT_EPSILON, PairValue, aggregate
+from cat_adapter.io import atomic_dir, write_json_atomic, write_text_atomic
+from cat_adapter.sampling import make_grid, save_image
+
+log = logging.getLogger(__name__)
+PAIR_COLUMNS = ("metric", "prompt", "seed", "image", "reference", "cosine", "group")
+OUTPUT_MARKERS = ("metrics.json", "pairs.csv", "table.csv")
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Two things to compare: ``image`` with ``reference`` (an image path, or a text when ``text``)."""
+    metric: str
+    group: str
+    prompt: str
+    seed: int
+    image: Path
+    reference: Path | str
+    text: bool = False
+
+
+def pair_specs(rows: list[ManifestRow]) -> list[PairSpec]:
+    """Every compared pair of a manifest. Rows naming the same images are one pair (not counted twice)."""
+    specs: list[PairSpec] = []
+    seen: set = set()
+
+    def add(spec: PairSpec) -> None:
+        key = (spec.metric, spec.group, spec.image, spec.reference)
+        if key not in seen:
+            seen.add(key)
+            specs.append(spec)
+
+    plain_by_prompt: dict[tuple[str, str], dict[int, ManifestRow]] = {}
+    for r in rows:
+        if r.group == "control":  # Leakage (ours): cos(I_base^c(s), I^c(s))
+            add(PairSpec("leakage", r.group, r.prompt_plain, r.seed, r.image_plain, r.base_image))
+            continue
+        y_t, y = r.prompt_trigger, r.prompt_plain
+        add(PairSpec("prompt_score", r.group, y_t, r.seed, r.image_trigger, r.text, text=True))     # Eq. 4
+        add(PairSpec("prompt_score_plain", r.group, y, r.seed, r.image_plain, r.text, text=True))   # §3 sentence
+        add(PairSpec("kps", r.group, y_t, r.seed, r.image_trigger, r.image_plain))                  # Eq. 8
+        if r.reference is not None:                                                                 # Eq. 6
+            add(PairSpec("identity_score", r.group, y_t, r.seed, r.image_trigger, r.reference))
+        if r.base_image is not None:                                                                # ours
+            add(PairSpec("base_fidelity", r.group, y, r.seed, r.image_plain, r.base_image))
+        plain_by_prompt.setdefault((r.group, y), {}).setdefault(r.seed, r)
+    # Class Diversity (ours): all seed pairs s < s' of I^{y}(p, .) and of I_base^{y}(p, .).
+    for (group, y), by_seed in plain_by_prompt.items():
+        seeds = sorted(by_seed)
+        for i, s in enumerate(seeds):
+            for s2 in seeds[i + 1:]:
+                a, b = by_seed[s], by_seed[s2]
+                add(PairSpec("class_diversity", group, y, s, a.image_plain, b.image_plain))
+                if a.base_image is not None and b.base_image is not None:
+                    add(PairSpec("base_class_diversity", group, y, s, a.base_image, b.base_image))
+    return specs
+
+
+def compute_pairs(specs: list[PairSpec], embedder: ClipEmbedder, *, out_dir: Path,
+                  option: str = "--manifest") -> list[PairValue]:
+    """Embed every distinct image and text once (batched), then take each pair's cosine (Eq. 10)."""
+    paths = list(dict.fromkeys(p for s in specs for p in (s.image, None if s.text else s.reference) if p is not None))
+    texts = list(dict.fromkeys(s.reference for s in specs if s.text))
+    image_emb: dict[Path, Any] = {}
+    step = embedder.batch_size
+    for i in range(0, len(paths), step):  # load images chunk by chunk: memory stays bounded
+        chunk = paths[i:i + step]
+        for p, e in zip(chunk, embedder.embed_images([open_image(p, option) for p in chunk])):
+            image_emb[p] = e
+    text_emb = dict(zip(texts, embedder.embed_texts(texts))) if texts else {}
+    out = []
+    for s in specs:
+        a = image_emb[s.image]
+        b = text_emb[s.reference] if s.text else image_emb[s.reference]
+        out.append(PairValue(s.metric, s.group, s.prompt, s.seed, _rel(s.image, out_dir),
+                             s.reference if s.text else _rel(s.reference, out_dir), float(a @ b)))
+    return out
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return os.path.relpath(path, out_dir)
+
+
+def write_pairs_csv(path: Path, pairs: list[PairValue]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(PAIR_COLUMNS)
+    for p in pairs:
+        w.writerow([p.metric, p.prompt, p.seed, p.image, p.reference, repr(p.cosine), p.group])
+    write_text_atomic(path, buf.getvalue())
+
+
+def comparison_grid(rows: list[ManifestRow], *, max_prompts: int = 4, max_seeds: int = 3) -> Image.Image | None:
+    """base y | adapter y | adapter y_T for a few prompts and seeds (control rows: base c | adapter c)."""
+    trigger = [r for r in rows if r.group != "control"]
+    use = trigger or [r for r in rows if r.group == "control"]
+    picked: dict[tuple[str, int], ManifestRow] = {}
+    prompts: list[str] = []
+    for r in use:
+        p = r.prompt_trigger if trigger else r.prompt_plain
+        if p not in prompts:
+            if len(prompts) == max_prompts:
+                continue
+            prompts.append(p)
+        if sum(1 for k in picked if k[0] == p) < max_seeds:
+            picked.setdefault((p, r.seed), r)
+    if not picked:
+        return None
+    cells, labels = [], []
+    blank = None
+    for (p, seed), r in picked.items():
+        row = [r.base_image, r.image_plain] + ([r.image_trigger] if trigger else [])
+        images = [open_image(x, "--manifest") if x is not None else None for x in row]
+        size = next(im.size for im in images if im is not None)
+        blank = blank or Image.new("RGB", size, (128, 128, 128))
+        cells.append([im if im is not None else blank for im in images])
+        labels.append(f"seed {seed} | {p}")
+    cols = ["base y", "adapter y", "adapter y_T"] if trigger else ["base c", "adapter c"]
+    return make_grid(cells, row_labels=labels, col_labels=cols)
+
+
+def score_rows(rows: list[ManifestRow], embedder: ClipEmbedder, out_dir: Path, *,
+               epsilon: float = DEFAULT_EPSILON, meta: dict | None = None) -> dict:
+    """Write pairs.csv, metrics.json and grid.png for ``rows`` into ``out_dir``; return the metrics."""
+    pairs = compute_pairs(pair_specs(rows), embedder, out_dir=out_dir)
+    scores = aggregate(pairs, epsilon=epsilon)
+    for note in scores["notes"]:
+        if "clamped" in note:
+            log.warning(note)
+    metrics = dict(meta or {})
+    metrics.update({"package_version": cat_adapter.__version__, "clip": embedder.spec, "hm_epsilon": epsilon,
+                    "seeds": sorted({r.seed for r in rows}), "rows": len(rows), "pairs": len(pairs)})
+    metrics.update(scores)
+    write_pairs_csv(out_dir / "pairs.csv", pairs)
+    grid = comparison_grid(rows)
+    if grid is not None:
+        save_image(grid, out_dir / "grid.png")
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def check_output(output: str | Path, *, overwrite: bool, option: str = "--output") -> Path:
+    """An output folder that is new or empty, or (with --overwrite) one this package wrote."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise CatAdapterError(f"{option} {out}: is a file; give a folder path")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CatAdapterError(f"{option} {out}: folder exists; pass --overwrite to replace it")
+        if not any((out / m).is_file() for m in OUTPUT_MARKERS):
+            raise CatAdapterError(f"{option} {out}: not an evaluation folder (no metrics.json); refusing to "
+                                  "replace it, choose another folder")
+    return out
+
+
+def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP, label: str | None = None,
+          epsilon: float = DEFAULT_EPSILON, clip_batch_size: int = 32, overwrite: bool = False,
+          cpu: bool = False) -> Path:
+    """Score images made elsewhere, listed in a CSV/JSONL manifest; write the outputs to ``output``."""
+    if epsilon <= 0:
+        raise CatAdapterError(f"--hm-epsilon must be > 0 (got {epsilon})")
+    out = check_output(output, overwrite=overwrite)
+    manifest = Path(manifest)
+    if manifest.resolve().is_relative_to(out.resolve()):
+        raise CatAdapterError(f"--manifest {manifest}: lies inside --output {out}; write the scores to another folder")
+    check_clip_spec(clip)
+    rows = read_manifest(manifest)
+    embedder = ClipEmbedder(clip, batch_size=clip_batch_size, device="cpu" if cpu else None)
+    meta = {"label": label or manifest.resolve().parent.name, "manifest": str(manifest.resolve()), "model": None}
+    with atomic_dir(out) as tmp:
+        score_rows(rows, embedder, tmp, epsilon=epsilon, meta=meta)
+    return out
