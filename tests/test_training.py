@@ -155,3 +155,27 @@ def test_bf16_mixed_precision_keeps_lora_in_float32(tiny_model, concept_dir, tmp
     assert {v.dtype for v in w.values()} == {torch.float16}
     pipe = load_pipeline(str(tiny_model))
     load_lora(pipe, out)  # loads through plain diffusers
+
+
+def test_preservation_pool(tiny_model, concept_dir, tmp_path):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("# other classes\na photo of square\na photo of star\n\na photo of blue circle\n")
+    out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "pool", steps=2,
+                                                       preserve_pool=str(pool), preserve_pool_size=2)), progress=False)
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    pool.write_text("a photo of square\na photo of sks square\n")
+    with pytest.raises(CatAdapterError, match=r"pool.txt: prompt 2 .* contains the trigger"):
+        train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "pool2",
+                                                     preserve_pool=str(pool))), progress=False)
+
+
+def test_single_file_checkpoint_errors_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "model.safetensors"
+    save_file({"not.a.unet": torch.zeros(2)}, str(f))
+    with pytest.raises(CatAdapterError, match="model.safetensors: cannot load single-file checkpoint") as e:
+        load_pipeline(str(f))
+    assert "\n" not in str(e.value)
+    with pytest.raises(CatAdapterError, match="--allow-pickle"):
+        load_pipeline(str(tmp_path / "model.ckpt")) if (tmp_path / "model.ckpt").write_bytes(b"x") else None
