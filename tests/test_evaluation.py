@@ -189,6 +189,36 @@ def test_pair_images_share_seed_and_batched_equals_single(world, tmp_path):
     assert np.abs(_pixels(tmp_path / "b8/2.png") - _pixels(tmp_path / "b8/4.png")).max() > 0
 
 
+def test_evaluate_loads_fp16_model_files_in_float32(world, tmp_path, monkeypatch):
+    """evaluate runs the U-Net, VAE, text encoder and CLIP in float32 whatever dtype the files hold."""
+    import cat_adapter.models as models
+    from cat_adapter.evaluation import clip as clip_mod
+
+    models.load_pipeline(str(world.model)).to(torch.float16).save_pretrained(tmp_path / "fp16", safe_serialization=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "fp16/unet/diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    seen = []
+    real_load, real_embed = models.load_pipeline, clip_mod.ClipEmbedder.embed_images
+
+    def spy_load(*a, **kw):
+        pipe = real_load(*a, **kw)
+        seen.extend([pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype])
+        return pipe
+
+    def spy_embed(self, images):
+        seen.append(self.model.dtype)
+        return real_embed(self, images)
+
+    monkeypatch.setattr(models, "load_pipeline", spy_load)
+    monkeypatch.setattr(clip_mod.ClipEmbedder, "embed_images", spy_embed)
+    out = _evaluate(SimpleNamespace(**{**vars(world), "model": tmp_path / "fp16"}), tmp_path / "ev", world.lora,
+                    "--images-per-prompt", "1", "--sample-steps", "1")
+    assert (out / "metrics.json").is_file()
+    assert len(seen) >= 4 and set(seen) == {torch.float32}
+
+
 # ---------------------------------------------------------------------------------------------
 # score: images made elsewhere
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +235,7 @@ def _images(world, folder: Path) -> list[str]:
     return names
 
 
-def test_score_known_answers(world, tmp_path, capsys):
+def test_score_known_answers(world, tmp_path, capsys, caplog):
     a, b, c = _images(world, tmp_path / "m" / "imgs")
     rows = [  # reference = image_trigger: Identity 1; image_plain = image_trigger: KPS 0
         ["train", "a photo of sks circle", "a photo of circle", "0", f"imgs/{a}", f"imgs/{a}", f"imgs/{b}", f"imgs/{a}"],
@@ -219,13 +249,17 @@ def test_score_known_answers(world, tmp_path, capsys):
                     "reference"])
         w.writerows(rows)
     rc, out, err = run_cli(["score", "--manifest", manifest, "--clip", world.clip, "--output", tmp_path / "s",
-                            "--label", "other-tool"], capsys)
+                            "--label", "other-tool", "--hm-epsilon", "0.999"], capsys)
     assert rc == 0, err
     m = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert abs(m["identity_score"] - 1.0) < 1e-6
     assert abs(m["kps"]) < 1e-6 and abs(m["groups"]["heldout"]["kps"]) < 1e-6
     assert abs(m["leakage"]) < 1e-6                       # control: base image = adapted image
-    assert m["counts"]["base_fidelity"] == 1 and m["base_fidelity"] < 1.0
+    # two different images: cos < 0.999 is clamped to epsilon, counted, warned about; the mean is the raw cosine
+    assert m["counts"]["base_fidelity"] == 1 and m["clamped"]["base_fidelity"] == 1
+    assert m["base_fidelity"] == pytest.approx(0.999) and m["base_fidelity_mean"] < 0.999
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("base_fidelity: 1 of 1 cosines were <= 0.999 and were clamped") for w in warned)
     assert m["class_diversity"] is None and any("class_diversity" in n for n in m["notes"])  # one seed per prompt
     assert m["label"] == "other-tool" and m["model"] is None
     pairs = read_pairs(tmp_path / "s")
@@ -334,6 +368,7 @@ def test_score_and_report_bad_inputs(world, eval_lora, tmp_path, capsys):
         (["score", "--manifest", tmp_path / "empty.csv", "--clip", world.clip], "no rows"),
         (["score", "--manifest", tmp_path / "nope.csv", "--clip", world.clip], "file not found"),
         (["score", "--manifest", eval_lora / "manifest.csv", "--clip", tmp_path], "not a CLIP model folder"),
+        (["score", "--manifest", eval_lora / "manifest.csv", "--clip", "nobody/no-such-clip"], "cannot read its config"),
         (["report", tmp_path / "ok.png", eval_lora], "no such evaluation folder"),
         (["report", tmp_path], "no metrics.json"),
     ]

@@ -8,7 +8,6 @@ texts are embedded in batches and L2-normalised (float64), so a dot product is E
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +19,6 @@ from cat_adapter.evaluation.metrics import normalize_rows
 from cat_adapter.models import is_hub_id
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-log = logging.getLogger(__name__)
 
 
 def _features(out) -> torch.Tensor:

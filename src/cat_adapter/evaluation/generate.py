@@ -91,11 +91,14 @@ def render_jobs(pipe, jobs: list[Job], out_dir: Path, *, has_adapter: bool, step
                 continue
             if has_adapter:  # pipe.disable_lora() turns off the U-Net's and the text encoder's LoRA layers
                 pipe.enable_lora() if adapter else pipe.disable_lora()
-            images = generate(pipe, [j.prompt for j in todo], [j.seed for j in todo], steps=steps,
-                              guidance_scale=guidance_scale, height=height, width=width,
-                              lora_scale=lora_scale if (has_adapter and adapter) else None, batch_size=batch_size)
-            for j, img in zip(todo, images):
-                save_image(img, out_dir / j.path)
+            chunk = batch_size * 4  # save as we go: memory stays bounded however many images there are
+            for i in range(0, len(todo), chunk):
+                part = todo[i:i + chunk]
+                images = generate(pipe, [j.prompt for j in part], [j.seed for j in part], steps=steps,
+                                  guidance_scale=guidance_scale, height=height, width=width,
+                                  lora_scale=lora_scale if (has_adapter and adapter) else None, batch_size=batch_size)
+                for j, img in zip(part, images):
+                    save_image(img, out_dir / j.path)
     finally:
         if has_adapter:
             pipe.enable_lora()

@@ -105,12 +105,12 @@ def plot_scores(path: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(cols) + 0.4 * len(cols) * len(rows) / 2 + 1.5), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cols) + 0.15 * len(cols) * len(rows) + 1.5), 4.0))
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
         xs = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(cols))]
-        ys = [r[c] if r[c] is not None else 0.0 for c in cols]
-        err = [r.get(f"{c}_ci95") or 0.0 for c in cols] if pooled else None
+        ys = [r[c] if r[c] is not None else float("nan") for c in cols]  # NaN: no bar where not measured
+        err = [r.get(f"{c}_ci95") or 0.0 for c in cols] if r["runs"] > 1 else None
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=f"{r['label']} (n={r['runs']})")
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_ylabel("score")
