@@ -10,7 +10,6 @@ difference between the batch-1 and the batched images (uint8 levels). Target: >=
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

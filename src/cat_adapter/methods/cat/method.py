@@ -6,7 +6,7 @@ import torch
 
 from cat_adapter.methods.base import BackwardFn, Batch, LossOutput, register
 from cat_adapter.methods.cat.loss import cat_loss, identity_loss, preservation_loss
-from cat_adapter.methods.lora.adapter import adapter_disabled
+from cat_adapter.methods.lora.adapter import adapter_disabled, tuner_layers
 from cat_adapter.methods.lora.method import LoRAMethod
 
 
@@ -38,8 +38,12 @@ class CATMethod(LoRAMethod):
 
     name = "cat"
 
+    def __init__(self, unet, scheduler, cfg):
+        super().__init__(unet, scheduler, cfg)
+        self.layers = tuner_layers(unet)  # cached for cheap adapter toggling
+
     def frozen_predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), adapter_disabled(self.unet, self.params):
+        with torch.no_grad(), adapter_disabled(self.unet, self.params, self.layers):
             return self.predict(z_t, t, cond)
 
     def loss(self, batch: Batch) -> LossOutput:

