@@ -65,7 +65,8 @@ def test_saved_lora_loads_in_diffusers_with_equal_outputs(tiny_model, tmp_path):
 
 
 def test_alpha_zero_cat_equals_lora_bit_for_bit(tiny_model, concept_dir, tmp_path):
-    common = train_overrides(tiny_model, concept_dir, None, steps=3, preserve_pool=None)
+    # On the CPU (the issue's terms): CUDA kernels are not bitwise deterministic run to run.
+    common = train_overrides(tiny_model, concept_dir, None, steps=3, preserve_pool=None, cpu=True)
     a = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat", "cat_alpha": 0.0,
                                       "cat_mode": "lean"}), progress=False)
     b = train(build_config(overrides={**common, "output": str(tmp_path / "lora"), "method": "lora"}), progress=False)
@@ -94,7 +95,7 @@ KILLER = textwrap.dedent("""
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=8, checkpoint_every=3, lora_dropout=0.1,
-                         random_flip=True, lr_scheduler="cosine", lr_warmup_steps=2)
+                         random_flip=True, lr_scheduler="cosine", lr_warmup_steps=2, cpu=True)  # 1e-6 is a CPU bound
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), "6"], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
     out = tmp_path / "killed"
