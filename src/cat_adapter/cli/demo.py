@@ -21,7 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=150, help="Training steps of each adapter.")
     p.add_argument("--cat-alpha", type=float, default=1.0, help="CAT strength alpha.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the model, the concept and the training run.")
-    p.add_argument("--overwrite", action="store_true", help="Replace an existing --output folder.")
     p.set_defaults(func=run)
 
 
@@ -40,10 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CatAdapterError(f"--output {out}: is a file; give a folder path")
     if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise CatAdapterError(f"--output {out}: folder exists; pass --overwrite to replace it")
         if not (out / "model" / "model_index.json").exists():
-            raise CatAdapterError(f"--output {out}: not a demo folder; refusing to delete it")
+            raise CatAdapterError(f"--output {out}: exists and is not a demo folder; choose another --output")
+        print(f"replacing the previous demo in {out}")
         shutil.rmtree(out)
     print(f"building a tiny random-weight Stable Diffusion pipeline in {out / 'model'}")
     build_tiny_pipeline(out / "model", seed=args.seed, sample_size=16, vae_blocks=2)
