@@ -1,0 +1,50 @@
+"""``cat-adapter toy``: the built-in shapes world (concept folders from a spec, samples of the world)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("toy", help="The built-in shapes world: make concept folders and look at the world.")
+    toy = p.add_subparsers(dest="toy_command", metavar="TOY_COMMAND", required=True)
+    c = toy.add_parser("concept", help="Write a concept folder (images + .txt captions with the trigger) from a JSON spec.",
+                       description='Spec example: {"name": "sks_circle", "class_noun": "circle", "trigger": "sks", '
+                       '"appearance": {"fill": "orange", "pattern": "stripes", "outline": "black"}, '
+                       '"num_images": 6, "seed": 0}')
+    c.add_argument("--spec", required=True, help="JSON spec file.")
+    c.add_argument("--output", required=True, help="New folder for the concept.")
+    c.set_defaults(func=run_concept)
+    w = toy.add_parser("samples", help="Write a grid of base-world images with their captions.")
+    w.add_argument("--num", type=int, default=24, help="Number of samples.")
+    w.add_argument("--seed", type=int, default=0, help="Seed of the first sample.")
+    w.add_argument("--output", required=True, help="Folder for grid.png and captions.txt.")
+    w.set_defaults(func=run_samples)
+
+
+def run_concept(args: argparse.Namespace) -> int:
+    from cat_adapter.toy.concept import load_spec, write_concept
+
+    spec = load_spec(args.spec)
+    out = write_concept(spec, args.output)
+    print(f"wrote {spec['num_images']} images of '{spec['trigger']} {spec['class_noun']}' to {out}")
+    return 0
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.io import write_text_atomic
+    from cat_adapter.sampling import make_grid, save_image
+    from cat_adapter.toy.world import sample_pair
+
+    if args.num < 1:
+        raise CatAdapterError("--num must be >= 1")
+    pairs = [sample_pair(args.seed + i) for i in range(args.num)]
+    out = Path(args.output)
+    rows = [[p[0] for p in pairs[i:i + 8]] for i in range(0, len(pairs), 8)]
+    save_image(make_grid(rows, min_cell=64), out / "grid.png")
+    write_text_atomic(out / "captions.txt", "".join(f"{args.seed + i}\t{p[1]}\n" for i, p in enumerate(pairs)))
+    print(f"wrote {out / 'grid.png'} and {out / 'captions.txt'}")
+    return 0
