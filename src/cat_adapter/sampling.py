@@ -98,7 +98,7 @@ def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: 
                      single_file_config: str | None = None, allow_pickle: bool = False, cpu: bool = False) -> list[Path]:
     """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``."""
     from cat_adapter.errors import CatAdapterError
-    from cat_adapter.models import load_lora, load_pipeline
+    from cat_adapter.models import load_lora, load_pipeline, lora_weight_file
 
     for name, value in (("--num-images", num_images), ("--steps", steps), ("--batch-size", batch_size)):
         if value < 1:
@@ -107,8 +107,12 @@ def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: 
         raise CatAdapterError(f"--resolution must be a positive multiple of 8 (got {resolution})")
     if output.exists() and not output.is_dir():
         raise CatAdapterError(f"--output {output}: is a file; give a folder path")
+    if lora and lora.lower() == "none":
+        lora = None
+    if lora:
+        lora_weight_file(lora, allow_pickle=allow_pickle)  # a missing LoRA fails before the model loads
     pipe = load_pipeline(model, single_file_config=single_file_config, allow_pickle=allow_pickle)
-    if lora and lora.lower() != "none":
+    if lora:
         load_lora(pipe, lora, allow_pickle=allow_pickle)
     pipe.to(pick_device(cpu))
     seeds = [seed + i for i in range(num_images)]
