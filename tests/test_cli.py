@@ -119,9 +119,13 @@ def test_sample_lora_scale_changes_images(tmp_path, tiny_model, concept_dir, cap
 @pytest.mark.parametrize("args, needle", [
     (["sample", "--model", "MISSING", "--prompt", "x", "--output", "o", "--num-images", "0"], "--num-images"),
     (["sample", "--model", "./missing-folder", "--prompt", "x", "--output", "o"], "missing-folder"),
+    (["sample", "--model", "m", "--prompt", "x", "--output", "o", "--lora", "l", "--lora-scale", "nan"], "--lora-scale"),
+    (["sample", "--model", "m", "--prompt", "x", "--output", "full"], "--overwrite"),
 ])
 def test_sample_bad_input(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "00-seed0.png").write_bytes(b"old")
     code, err = run_cli(args, capsys)
     assert code == 2 and needle in err and len(err.splitlines()) == 1
 

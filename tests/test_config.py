@@ -44,6 +44,9 @@ def test_bad_config_file_names_the_key(tmp_path, content, needle):
 @pytest.mark.parametrize("override, needle", [
     ({"cat_alpha": -1}, "--cat-alpha"), ({"steps": 0}, "--steps"), ({"resolution": 30}, "--resolution"),
     ({"rank": 0}, "--rank"), ({"trigger": "two words"}, "--trigger"), ({"class_noun": None}, "--class-noun"),
+    ({"adam_beta1": 1.5}, "--adam-beta1"), ({"weight_decay": -1}, "--weight-decay"), ({"seed": -1}, "--seed"),
+    ({"seed": 2**40}, "--seed"), ({"lr": "inf"}, "--lr"), ({"cat_alpha": "inf"}, "--cat-alpha"),
+    ({"adam_epsilon": 0}, "--adam-epsilon"), ({"validation_steps": 0}, "--validation-steps"), ({"steps": None}, "--steps"),
 ])
 def test_bad_values_name_the_option(override, needle):
     with pytest.raises(CatAdapterError, match=needle):
@@ -62,3 +65,19 @@ def test_cli_help_lists_every_option(capsys):
               "--preserve-pool-size", "--save-every", "--checkpoint-every", "--resume", "--export-format",
               "--save-dtype", "--validation-prompt", "--caption-missing-trigger", "--allow-pickle"):
         assert f in text, f
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from cat_adapter.io import atomic_dir, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -386,5 +386,11 @@ def test_existing_output_needs_overwrite(world, eval_lora, tmp_path, capsys):
     rc, _, err = run_cli(["report", eval_lora, "--output", out], capsys)
     assert_one_line_error(rc, err, "--overwrite")
     rc, _, err = run_cli(["report", eval_lora, "--output", out, "--overwrite"], capsys)
-    assert_one_line_error(rc, err, "not an evaluation folder")
+    assert_one_line_error(rc, err, "not a report folder")
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only a report: an evaluation folder given as a report's output survives.
+    other = tmp_path / "eval_copy"
+    shutil.copytree(eval_lora, other)
+    rc, _, err = run_cli(["report", eval_lora, "--output", other, "--overwrite"], capsys)
+    assert_one_line_error(rc, err, "not a report folder")
+    assert (other / "metrics.json").is_file() and (other / "pairs.csv").is_file()

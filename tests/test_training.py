@@ -11,7 +11,7 @@ import yaml
 from helpers import train_overrides
 from safetensors.torch import load_file
 
-from cat_adapter.config import MethodConfig, build_config
+from cat_adapter.config import MethodConfig, build_config, load_config_file
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods import get_method
 from cat_adapter.models import freeze, load_lora, load_pipeline
@@ -44,11 +44,13 @@ def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_pat
         assert not torch.allclose(unet_out(pipe.unet), before)
 
 
-def test_saved_lora_loads_in_diffusers_with_equal_outputs(tiny_model, tmp_path):
-    """lora_alpha != rank: the scale survives only through the saved adapter metadata."""
+@pytest.mark.parametrize("targets", [["to_q", "to_k", "to_v", "to_out.0"], ["conv1", "proj_in", "to_q"]])
+def test_saved_lora_loads_in_diffusers_with_equal_outputs(tiny_model, tmp_path, targets):
+    """lora_alpha != rank: the scale survives only through the saved adapter metadata. Attention and
+    conv targets mixed: one key style in the file, or diffusers drops part of the adapter."""
     pipe = load_pipeline(str(tiny_model))
     freeze(pipe.unet)
-    m = get_method("cat")(pipe.unet, None, MethodConfig(rank=4, lora_alpha=8.0))
+    m = get_method("cat")(pipe.unet, None, MethodConfig(rank=4, lora_alpha=8.0, target_modules=targets))
     g = torch.Generator().manual_seed(0)
     for name, p in pipe.unet.named_parameters():
         if "lora_" in name:
@@ -180,3 +182,26 @@ def test_single_file_checkpoint_errors_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(CatAdapterError, match="--allow-pickle"):
         load_pipeline(str(tmp_path / "model.ckpt")) if (tmp_path / "model.ckpt").write_bytes(b"x") else None
+
+
+def test_unknown_target_module_is_an_error(tiny_model):
+    pipe = load_pipeline(str(tiny_model))
+    with pytest.raises(CatAdapterError, match="no U-Net module named nonexistent"):
+        get_method("lora")(pipe.unet, None, MethodConfig(target_modules=["to_q", "nonexistent"]))
+
+
+def test_resume_a_finished_run_with_more_steps(tiny_model, concept_dir, tmp_path, monkeypatch):
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "a", steps=4, checkpoint_every=2, cpu=True)
+    train(build_config(overrides=kw), progress=False)
+    assert (tmp_path / "a" / "checkpoints" / "step-000004").is_dir()  # the last step is checkpointed
+    with pytest.raises(CatAdapterError, match="--steps 3 is below"):
+        train(build_config(overrides={**kw, "steps": 3, "resume": True}), progress=False)
+    monkeypatch.chdir(tmp_path)  # config.yaml holds absolute paths: it re-runs from any folder
+    longer = train(build_config(overrides={**kw, "steps": 6, "resume": True}), progress=False)
+    saved = yaml.safe_load((longer / "config.yaml").read_text())
+    assert saved["optim"]["steps"] == 6 and saved["run"]["resume"] is False
+    straight = train(build_config(load_config_file(longer / "config.yaml"), {"output": str(tmp_path / "b")}),
+                     progress=False)
+    wa = load_file(str(longer / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # 4 + 2 steps == 6 steps (constant LR)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -53,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str = opt(help="Concept folder: 3-20 images (png/jpg/jpeg/webp) with optional same-name .txt captions.")
+    data: str = opt(help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt captions.")
     trigger: str = opt("sks", "Trigger word that names the concept in captions (y_T).")
     class_noun: str | None = opt(None, "Class of the concept, e.g. teapot. Needed by the caption template "
                                  "and by --preserve-prompt class.")
@@ -82,7 +83,7 @@ class MethodConfig:
                         "preservation passes (memory near LoRA's); fast runs the adapted U-Net once on "
                         "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
     rank: int = opt(4, "LoRA rank r.")
-    lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); default: rank.")
+    lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); none means rank.")
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
                                     "U-Net modules that get LoRA (comma-separated names).")
@@ -144,7 +145,17 @@ class TrainConfig:
                 if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
                     raise CatAdapterError(f"missing required option {flag(f.name)}")
         d, m, o, r = self.data, self.method, self.optim, self.run
+        for section in sections(self):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float):
+                    _check(math.isfinite(value), flag(f.name), f"must be a finite number (got {value})")
         _check(m.cat_alpha >= 0, "--cat-alpha", f"must be >= 0 (got {m.cat_alpha})")
+        _check(0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1, "--adam-beta1/--adam-beta2", "must be in [0, 1)")
+        _check(o.adam_epsilon > 0, "--adam-epsilon", f"must be > 0 (got {o.adam_epsilon})")
+        _check(o.weight_decay >= 0, "--weight-decay", f"must be >= 0 (got {o.weight_decay})")
+        _check(0 <= r.seed < 2**32, "--seed", f"must be in [0, 2**32) (got {r.seed})")
+        _check(r.validation_steps >= 1, "--validation-steps", "must be >= 1")
         _check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
         _check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
         _check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
@@ -211,6 +222,8 @@ def coerce(name: str, value: Any, typ: Any, choices: tuple[str, ...] | None = No
     """Convert ``value`` to ``typ``; raise a one-line error naming the option otherwise."""
     where = flag(name)
     args = get_args(typ)
+    if value is None and type(None) not in args:
+        raise CatAdapterError(f"{where}: a value is required (got null)")
     if type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None

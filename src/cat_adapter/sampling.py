@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -95,7 +96,8 @@ def pick_device(cpu: bool = False) -> torch.device:
 def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: int, num_images: int, output: Path,
                      lora_scale: float = 1.0, steps: int = 30, guidance_scale: float = 7.5,
                      resolution: int | None = None, batch_size: int = 4, negative_prompt: str | None = None,
-                     single_file_config: str | None = None, allow_pickle: bool = False, cpu: bool = False) -> list[Path]:
+                     single_file_config: str | None = None, allow_pickle: bool = False, cpu: bool = False,
+                     overwrite: bool = False) -> list[Path]:
     """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``."""
     from cat_adapter.errors import CatAdapterError
     from cat_adapter.models import load_lora, load_pipeline, lora_weight_file
@@ -103,10 +105,15 @@ def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: 
     for name, value in (("--num-images", num_images), ("--steps", steps), ("--batch-size", batch_size)):
         if value < 1:
             raise CatAdapterError(f"{name} must be >= 1 (got {value})")
+    for name, value in (("--lora-scale", lora_scale), ("--guidance-scale", guidance_scale)):
+        if not math.isfinite(value):
+            raise CatAdapterError(f"{name} must be a finite number (got {value})")
     if resolution is not None and (resolution < 8 or resolution % 8):
         raise CatAdapterError(f"--resolution must be a positive multiple of 8 (got {resolution})")
     if output.exists() and not output.is_dir():
         raise CatAdapterError(f"--output {output}: is a file; give a folder path")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise CatAdapterError(f"--output {output}: folder is not empty; pass --overwrite to replace its images")
     if lora and lora.lower() == "none":
         lora = None
     if lora:
@@ -119,6 +126,9 @@ def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: 
     images = generate(pipe, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=steps,
                       guidance_scale=guidance_scale, height=resolution, width=resolution,
                       lora_scale=lora_scale if lora else None, negative_prompt=negative_prompt, batch_size=batch_size)
+    if output.exists() and overwrite:
+        for old in list(output.glob("*-seed*.png")) + [output / "grid.png"]:
+            old.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     files = []
     for k, img in enumerate(images):

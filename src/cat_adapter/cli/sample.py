@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="Allow non-safetensors weights (weights_only=True).")
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.add_argument("--output", required=True, help="Folder for the PNGs and grid.png.")
+    p.add_argument("--overwrite", action="store_true", help="Replace the images of a non-empty --output folder.")
     p.set_defaults(func=run)
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, lora=args.lora, lora_scale=args.lora_scale, prompts=args.prompt, seed=args.seed,
         num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
         resolution=args.resolution, batch_size=args.batch_size, negative_prompt=args.negative_prompt,
-        single_file_config=args.single_file_config, allow_pickle=args.allow_pickle, cpu=args.cpu,
+        single_file_config=args.single_file_config, allow_pickle=args.allow_pickle, cpu=args.cpu, overwrite=args.overwrite,
         output=Path(args.output))
     print(f"wrote {len(files) - 1} images and {files[-1]}")
     return 0

@@ -6,6 +6,8 @@ renamed onto ``--output`` at the end, so a failed run leaves nothing half-writte
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,8 +66,12 @@ def _check_numbers(o: EvalOptions) -> None:
             raise CatAdapterError(f"{name} must be >= 1 (got {value})")
     if o.resolution is not None and (o.resolution < 8 or o.resolution % 8):
         raise CatAdapterError(f"--resolution must be a positive multiple of 8 (got {o.resolution})")
-    if o.hm_epsilon <= 0:
-        raise CatAdapterError(f"--hm-epsilon must be > 0 (got {o.hm_epsilon})")
+    if not 0 < o.hm_epsilon < 1:
+        raise CatAdapterError(f"--hm-epsilon must be in (0, 1) (got {o.hm_epsilon})")
+    if not math.isfinite(o.lora_scale):
+        raise CatAdapterError(f"--lora-scale must be a finite number (got {o.lora_scale})")
+    if not math.isfinite(o.guidance_scale):
+        raise CatAdapterError(f"--guidance-scale must be a finite number (got {o.guidance_scale})")
     if o.preserve_prompt is not None and o.preserve_prompt not in PRESERVE_MODES:
         raise CatAdapterError(f"--preserve-prompt must be one of {', '.join(PRESERVE_MODES)}")
 

@@ -129,7 +129,7 @@ def report(eval_dirs: list[str | Path], *, output: str | Path, overwrite: bool =
     if len(set(resolved)) != len(resolved):
         raise CatAdapterError("report: an evaluation folder is given twice; it would be counted twice")
     runs = [load_run(d) for d in eval_dirs]
-    out = check_output(output, overwrite=overwrite)
+    out = check_output(output, overwrite=overwrite, markers=("table.md", "table.csv"), kind="a report folder")
     if any(out.resolve() == d for d in resolved):
         raise CatAdapterError(f"--output {out}: is one of the evaluation folders; choose another folder")
     cols, rows, pooled = table_rows(runs)

@@ -28,7 +28,7 @@ from cat_adapter.sampling import make_grid, save_image
 
 log = logging.getLogger(__name__)
 PAIR_COLUMNS = ("metric", "prompt", "seed", "image", "reference", "cosine", "group")
-OUTPUT_MARKERS = ("metrics.json", "pairs.csv", "table.csv")
+OUTPUT_MARKERS = ("metrics.json", "pairs.csv")
 
 
 @dataclass(frozen=True)
@@ -163,16 +163,17 @@ def score_rows(rows: list[ManifestRow], embedder: ClipEmbedder, out_dir: Path, *
     return metrics
 
 
-def check_output(output: str | Path, *, overwrite: bool, option: str = "--output") -> Path:
-    """An output folder that is new or empty, or (with --overwrite) one this package wrote."""
+def check_output(output: str | Path, *, overwrite: bool, option: str = "--output",
+                 markers: tuple[str, ...] = OUTPUT_MARKERS, kind: str = "an evaluation folder") -> Path:
+    """An output folder that is new or empty, or (with --overwrite) one of the same ``kind`` this package wrote."""
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise CatAdapterError(f"{option} {out}: is a file; give a folder path")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise CatAdapterError(f"{option} {out}: folder exists; pass --overwrite to replace it")
-        if not any((out / m).is_file() for m in OUTPUT_MARKERS):
-            raise CatAdapterError(f"{option} {out}: not an evaluation folder (no metrics.json); refusing to "
+        if not any((out / m).is_file() for m in markers):
+            raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to "
                                   "replace it, choose another folder")
     return out
 
@@ -181,8 +182,8 @@ def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP,
           epsilon: float = DEFAULT_EPSILON, clip_batch_size: int = 32, overwrite: bool = False,
           cpu: bool = False) -> Path:
     """Score images made elsewhere, listed in a CSV/JSONL manifest; write the outputs to ``output``."""
-    if epsilon <= 0:
-        raise CatAdapterError(f"--hm-epsilon must be > 0 (got {epsilon})")
+    if not 0 < epsilon < 1:
+        raise CatAdapterError(f"--hm-epsilon must be in (0, 1) (got {epsilon})")
     out = check_output(output, overwrite=overwrite)
     manifest = Path(manifest)
     if manifest.resolve().is_relative_to(out.resolve()):

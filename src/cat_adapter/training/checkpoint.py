@@ -75,6 +75,10 @@ def save_checkpoint(out_dir: Path, step: int, *, adapter: dict[str, torch.Tensor
     return target
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(_NAME.match(Path(path).name).group(1))
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
     root = Path(out_dir) / CHECKPOINT_DIR

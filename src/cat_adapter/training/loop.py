@@ -7,7 +7,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from cat_adapter.io import write_json_atomic, write_text_atomic
 from cat_adapter.methods.base import get_method
 from cat_adapter.methods.lora.adapter import peft_state_dict
 from cat_adapter.models import freeze, load_pipeline
-from cat_adapter.training.checkpoint import list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
+from cat_adapter.training.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,21 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
                          missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
     pool = load_pool(cfg)
+    if cfg.run.validation_prompt and not has_trigger(cfg.run.validation_prompt, d.trigger):
+        raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger '{d.trigger}'; "
+                              "the grid compares it with its trigger-free form")
+    if pool and cfg.method.method != "cat":
+        log.warning("--preserve-pool is used by --method cat only; ignored for --method %s", cfg.method.method)
     out = Path(cfg.run.output)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume" and (out / "config.yaml").is_file():
         saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
-        diffs = resume_mismatch(saved, cfg)
+        diffs = resume_mismatch(saved, portable(cfg))
         if diffs:
             raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
+    if checkpoints and checkpoint_step(checkpoints[-1]) > cfg.optim.steps:
+        raise CatAdapterError(f"--steps {cfg.optim.steps} is below the step of the newest checkpoint in {out} "
+                              f"({checkpoint_step(checkpoints[-1])}); give at least that many steps")
     try:
         s = setup(cfg, items, pool)
         if mode == "overwrite" or (mode == "resume" and not checkpoints):
@@ -101,10 +109,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                 log.warning("--resume: no checkpoint in %s, starting from step 0", out)
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
+        save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
         if checkpoints:
             resume(s, checkpoints[-1])
         else:
-            save_config(cfg, out / "config.yaml", package_version=cat_adapter.__version__)
             write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption, "plain": it.plain,
                                                       "caption_source": it.caption_source} for it in items])
             (out / "log.jsonl").write_text("")
@@ -117,6 +126,17 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     finally:
         AcceleratorState._reset_state()  # so a later train() in this process may use other precision settings
     return out
+
+
+def portable(cfg: TrainConfig) -> TrainConfig:
+    """A copy with local paths made absolute and the run switches (--resume/--overwrite) off."""
+    def absolute(p: str | None) -> str | None:
+        return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+    m, d, r = cfg.model, cfg.data, cfg.run
+    return replace(cfg, model=replace(m, model=absolute(m.model), single_file_config=absolute(m.single_file_config)),
+                   data=replace(d, data=absolute(d.data), preserve_pool=absolute(d.preserve_pool)),
+                   run=replace(r, resume=False, overwrite=False))
 
 
 def setup(cfg: TrainConfig, items: list, pool: list[str] | None) -> Session:
@@ -224,12 +244,15 @@ def run_loop(s: Session, *, progress: bool) -> None:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k.startswith("loss") and v is not None})
-            if done == steps or not main:
+            if not main:
                 continue
-            if run.checkpoint_every and done % run.checkpoint_every == 0:
+            if run.checkpoint_every and (done % run.checkpoint_every == 0 or done == steps):
+                # the last step too, so that --resume --steps MORE can continue a finished run
                 s.last_checkpoint = save_checkpoint(out, done, adapter=peft_state_dict(s.pipe.unet), optimizer=s.optimizer,
                                                     lr_scheduler=s.lr_scheduler, sampler_state=s.sampler.state_dict(),
                                                     limit=run.checkpoints_limit)
+            if done == steps:
+                continue  # the final weights and grid are written by train()
             if run.save_every and done % run.save_every == 0:
                 s.method.save(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
                 validate(s, out / f"step-{done}" / "validation.png")

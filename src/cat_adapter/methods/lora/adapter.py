@@ -19,13 +19,18 @@ def add_lora(unet, *, rank: int, lora_alpha: float | None, dropout: float, targe
     """Attach a LoRA adapter (B = 0, so the output starts exactly at the base's); return its parameters."""
     from peft import LoraConfig
 
+    from cat_adapter.errors import CatAdapterError
+
+    names = [n for n, _ in unet.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise CatAdapterError(f"--target-modules: no U-Net module named {', '.join(missing)} "
+                              "(names end a module path, e.g. to_q, to_out.0, proj_in, conv1)")
     config = LoraConfig(r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank, lora_dropout=dropout,
                         init_lora_weights="gaussian", target_modules=list(target_modules))
     try:
         unet.add_adapter(config, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
-        from cat_adapter.errors import CatAdapterError
-
         raise CatAdapterError(f"--target-modules {','.join(target_modules)}: {str(exc).splitlines()[0]}") from None
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
@@ -86,11 +91,14 @@ def lora_metadata(unet) -> dict:
 def save_lora(unet, out_dir: str | Path, *, dtype: torch.dtype = torch.float32, kohya: bool = False) -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(out_dir)`` loads.
 
+    Keys stay in peft's naming (``unet.<module>.lora_A.weight``), which diffusers loads as is. Not
+    ``convert_state_dict_to_diffusers``: it renames attention keys only, and a file that mixes both
+    styles (LoRA on attention and conv layers) is loaded by diffusers with the attention part dropped.
+
     The adapter metadata (rank, lora_alpha, targets) is stored in the file: without it diffusers
     silently uses scale 1.0 when ``lora_alpha != rank``.
     """
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +106,7 @@ def save_lora(unet, out_dir: str | Path, *, dtype: torch.dtype = torch.float32, 
     target = out_dir / LORA_WEIGHT_NAME
     with atomic_path(target) as tmp:
         StableDiffusionPipeline.save_lora_weights(
-            tmp.parent, unet_lora_layers=convert_state_dict_to_diffusers(sd), weight_name=tmp.name,
+            tmp.parent, unet_lora_layers=sd, weight_name=tmp.name,
             unet_lora_adapter_metadata=lora_metadata(unet), safe_serialization=True)
     if kohya:
         save_kohya(unet, out_dir / KOHYA_WEIGHT_NAME, sd)
@@ -113,9 +121,10 @@ def save_kohya(unet, path: Path, sd: dict[str, torch.Tensor]) -> Path:
     kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in sd.items()})
     # diffusers writes alpha = rank; the adapter's own lora_alpha is what keeps the scale right.
     alpha = float(unet.peft_config[ADAPTER_NAME].lora_alpha)
+    dtype = next(iter(sd.values())).dtype
     for k in kohya:
         if k.endswith(".alpha"):
-            kohya[k] = torch.tensor(alpha, dtype=torch.float32)
+            kohya[k] = torch.tensor(alpha, dtype=dtype)  # the --save-dtype of the weights
     with atomic_path(path) as tmp:
         save_file(kohya, str(tmp), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha),
                                              "ss_network_dim": str(unet.peft_config[ADAPTER_NAME].r)})
