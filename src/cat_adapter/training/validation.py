@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ def validation_grid(pipe, params: list[torch.nn.Parameter], *, prompt_trigger: s
     unet.eval()
     seeds = list(range(num_images))
     kw = dict(steps=steps, guidance_scale=guidance_scale, height=resolution, width=resolution)
-    ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
+    ctx = autocast if autocast is not None else nullcontext()
     rows, labels = [], []
     with ctx:
         for prompt in (prompt_trigger, prompt_plain):
