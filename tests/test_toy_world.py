@@ -11,12 +11,13 @@ from cat_adapter.cli.main import main
 from cat_adapter.data.concept import load_concept
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.toy.concept import concept_scenes, validate_spec, write_concept
-from cat_adapter.toy.world import (COLORS, PALETTE, PATTERN_WORDS, SHAPES, caption, render, sample_pair,
+from cat_adapter.toy.world import (COLORS, PALETTE, PATTERN_WORDS, SHAPES, caption, caption_named, consistent, render,
+                                   sample_pair,
                                    sample_scene)
 
 _COLOR = "|".join(COLORS)
-CAPTION = re.compile(rf"^an? (?:(?P<fill>{_COLOR}) )?(?:(?P<pattern>striped|dotted) )?(?P<shape>\w+)"
-                     rf"(?: with an? (?P<outline>{_COLOR}) outline)?(?: on an? (?P<bg>light|dark) background)?$")
+CAPTION = re.compile(rf"^an? (?:(?P<fill>{_COLOR}) )?(?:(?P<pattern>solid|striped|dotted) )?(?P<shape>\w+)"
+                     rf"(?: with an? (?P<outline>{_COLOR}) outline| (?P<no_outline>without an outline))?(?: on an? (?P<bg>light|dark) background)?$")
 
 
 def test_world_is_deterministic():
@@ -27,8 +28,9 @@ def test_world_is_deterministic():
 
 def test_captions_name_only_true_attributes_and_no_trigger():
     plain_circles = set()
-    for seed in range(400):
+    for seed in range(2000):
         _, text, scene = sample_pair(seed)
+        named = caption_named(scene, random.Random(seed + 1))[1]
         m = CAPTION.match(text)
         assert m, text
         assert m["shape"] == scene.shape
@@ -38,6 +40,10 @@ def test_captions_name_only_true_attributes_and_no_trigger():
             assert m["pattern"] == PATTERN_WORDS[scene.pattern], text
         if m["outline"]:
             assert m["outline"] == scene.outline, text
+        if m["no_outline"]:
+            assert scene.outline == "none", text
+        assert consistent(named, scene) and caption_named(scene, random.Random(seed), name_all=True)[1].keys() == {
+            "shape", "fill", "pattern", "outline", "background"}
         if m["bg"]:
             assert m["bg"] == scene.background, text
         assert "sks" not in text

@@ -150,26 +150,44 @@ def render(scene: Scene, resolution: int = RESOLUTION) -> Image.Image:
     return img.resize((resolution, resolution), Image.Resampling.BOX)
 
 
-def caption(scene: Scene, rng: random.Random, *, trigger: str | None = None, name_all: bool = False) -> str:
-    """A caption naming a random subset of the scene's attributes (all of them with ``name_all``).
+def caption_named(scene: Scene, rng: random.Random, *, trigger: str | None = None,
+                  name_all: bool = False) -> tuple[str, dict[str, str]]:
+    """A caption naming a random subset of the scene's attributes (all of them with ``name_all``), and
+    the attributes it names ({"shape": ..., "fill": ..., "pattern": ..., "outline": ..., "background": ...}).
 
     The shape is always named; with ``trigger`` it stands right before the shape ("a sks circle").
+    A solid fill is named "solid" and no outline "without an outline" as often as the other values.
     """
     name = (lambda p: True) if name_all else (lambda p: rng.random() < p)  # noqa: E731
+    named = {"shape": scene.shape}
     words = []
     if name(0.6):
         words.append(scene.fill)
-    if scene.pattern != "solid" and name(0.5):
+        named["fill"] = scene.fill
+    if name(0.5):
         words.append(PATTERN_WORDS[scene.pattern])
+        named["pattern"] = scene.pattern
     if trigger:
         words.append(trigger)
     words.append(scene.shape)
     text = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
-    if scene.outline != "none" and name(0.5):
-        text += f" with a {scene.outline} outline"
+    if name(0.5):
+        text += f" with a {scene.outline} outline" if scene.outline != "none" else " without an outline"
+        named["outline"] = scene.outline
     if name(0.3):
         text += f" on a {scene.background} background"
-    return text
+        named["background"] = scene.background
+    return text, named
+
+
+def caption(scene: Scene, rng: random.Random, *, trigger: str | None = None, name_all: bool = False) -> str:
+    """A caption naming a random subset of the scene's attributes: see ``caption_named``."""
+    return caption_named(scene, rng, trigger=trigger, name_all=name_all)[0]
+
+
+def consistent(named: dict[str, str], scene: Scene) -> bool:
+    """Whether every attribute a caption names is true of ``scene``."""
+    return all(getattr(scene, key) == value for key, value in named.items())
 
 
 def sample_pair(seed: int, resolution: int = RESOLUTION) -> tuple[Image.Image, str, Scene]:
