@@ -48,10 +48,10 @@ RECIPE: dict[str, Any] = {
     "pool_size": 50000,            # base-world examples: scene i is a pure function of (seed, i)
     "tokenizer": {"vocab_size": 640, "captions": 20000, "model_max_length": 32},
     "clip": {"steps": 2500, "batch_size": 64, "lr": 1e-3, "warmup": 150, "weight_decay": 0.1,
-             "full_caption_prob": 0.5, "hidden": 128, "layers": 4, "heads": 4, "patch": 4, "projection_dim": 128},
+             "full_caption_prob": 0.5, "hidden": 128, "layers": 4, "heads": 4, "patch": 8, "projection_dim": 128},
     "vae": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup": 50, "kl_weight": 1e-6, "channels": [32, 32],
             "latent_channels": 4},
-    "unet": {"steps": 7000, "batch_size": 32, "lr": 6e-4, "warmup": 200, "final_lr_fraction": 0.1,
+    "unet": {"steps": 6000, "batch_size": 32, "lr": 6e-4, "warmup": 200, "final_lr_fraction": 0.1,
              "cfg_dropout": 0.1, "ema_decay": 0.999, "channels": [32, 64, 64], "layers_per_block": 1,
              "attention_head_dim": 8},
     "sampling": {"steps": 30, "guidance_scale": 4.0},
@@ -186,7 +186,9 @@ def clip_batch(pool: WorldPool, tokenizer, recipe: dict, step: int):
     idx = pool.sample_indices(g, c["batch_size"])
     scenes = [pool.scene(i) for i in idx]
     named = [caption_named(s, rng, name_all=rng.random() < c["full_caption_prob"]) for s in scenes]
-    tokens = tokenizer([t for t, _ in named], padding="max_length", truncation=True,
+    # Padded to the batch's longest caption: the text tower pools at the end-of-text token, so padding
+    # length does not change the embedding, and world captions are half the model's length.
+    tokens = tokenizer([t for t, _ in named], padding="longest", truncation=True,
                        max_length=tokenizer.model_max_length, return_tensors="pt")
     positives = torch.tensor([[consistent(n, s) for _, n in named] for s in scenes])
     return pool.pixels(idx), tokens["input_ids"], tokens["attention_mask"], positives
@@ -356,7 +358,7 @@ def run_stage(name: str, model, loss_fn: Callable[[int], torch.Tensor], *, steps
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done = step + 1
         if time.time() - last > 30 or done == end:
             recent = losses[-50:]
