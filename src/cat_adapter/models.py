@@ -41,6 +41,9 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionPipeline
 
+    from cat_adapter.toy.assets import resolve
+
+    model = resolve(model, "pipeline", option)
     common = dict(torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     path = Path(model).expanduser()
     if path.is_dir():

@@ -1,74 +1,58 @@
-"""``cat-adapter demo``: CAT vs plain LoRA on a tiny model this command builds (offline, CPU, < 1 min).
-
-The tiny model has random weights, so its images show the pipeline, not quality. What the demo
-does show is the mechanism of the paper in noise-prediction space: after training, how far each
-adapter moved the model's prediction for the trigger prompt ("a photo of sks circle ...") and for
-the trigger-free prompt ("a photo of circle ..."). Plain LoRA moves both; CAT moves the first and
-keeps the second near the base model. The built-in shapes world (a trained toy model) replaces
-the random model when it lands.
-"""
+"""``cat-adapter demo``: base vs LoRA vs CAT on the built-in shapes world, with the paper's scores."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="Build a tiny model and concept, train LoRA and CAT on it, compare them (offline, CPU).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output", default="runs/demo", help="Folder for the model, concept, adapter and grids.")
-    p.add_argument("--steps", type=int, default=150, help="Training steps of each adapter.")
-    p.add_argument("--cat-alpha", type=float, default=1.0, help="CAT strength alpha.")
-    p.add_argument("--seed", type=int, default=0, help="Seed of the model, the concept and the training run.")
+    from cat_adapter.toy.demo import DemoSettings
+
+    d = DemoSettings()
+    p = sub.add_parser(
+        "demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="Train LoRA, CAT and CAT+pool on a shapes-world concept with the shipped toy model, evaluate, report.",
+        description="Offline, CPU: writes a concept from a spec, trains plain LoRA, CAT and CAT with a preservation "
+                    "pool with identical settings, evaluates base and adapters with the evaluation suite (toy CLIP) "
+                    "plus a pixel-read concept_rate, and writes OUT/report/{table.md,table.csv,scores.png} and "
+                    "grids of base/LoRA/CAT images for the trigger and class prompts.")
+    p.add_argument("--output", default="runs/demo", help="Folder for everything the demo writes (a previous demo "
+                   "there is replaced; any other non-empty folder is refused).")
+    p.add_argument("--concept-spec", default=None, help="JSON concept spec (see 'cat-adapter toy concept --help'); "
+                   "default: an orange circle with white stripes and a black outline, trigger sks.")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds,
+                   help="Training seeds; several are pooled in the report with 95%% intervals.")
+    p.add_argument("--steps", type=int, default=d.steps, help="Training steps of every method.")
+    p.add_argument("--lr", type=float, default=d.lr, help="Learning rate of every method.")
+    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank of every method.")
+    p.add_argument("--cat-alpha", type=float, default=d.cat_alpha, help="CAT strength alpha (cat and cat_pool).")
+    p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt,
+                   help="Evaluation seeds per prompt.")
+    p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
+    import math
 
-    from cat_adapter.config import build_config
-    from cat_adapter.diagnostics import prediction_drift
     from cat_adapter.errors import CatAdapterError
-    from cat_adapter.io import write_json_atomic
-    from cat_adapter.models import load_lora, load_pipeline
-    from cat_adapter.tiny import build_tiny_pipeline, write_shape_concept
-    from cat_adapter.training.loop import train
+    from cat_adapter.toy.concept import load_spec, validate_spec
+    from cat_adapter.toy.demo import DEFAULT_SPEC, DemoSettings, run_demo
 
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise CatAdapterError(f"--output {out}: is a file; give a folder path")
-    if out.exists() and any(out.iterdir()):
-        if not (out / "model" / "model_index.json").exists():
-            raise CatAdapterError(f"--output {out}: exists and is not a demo folder; choose another --output")
-        print(f"replacing the previous demo in {out}")
-        shutil.rmtree(out)
-    print(f"building a tiny random-weight Stable Diffusion pipeline in {out / 'model'}")
-    build_tiny_pipeline(out / "model", seed=args.seed, sample_size=16, vae_blocks=2)
-    write_shape_concept(out / "data", n=4, size=32, seed=args.seed)
-    common = dict(model=str(out / "model"), data=str(out / "data"), trigger="sks", class_noun="circle",
-                  steps=args.steps, lr=1e-3, resolution=32, seed=args.seed, validation_prompt="a photo of sks circle",
-                  validation_every=0, validation_steps=10)
-    adapters = {}
-    for name, extra in (("lora", dict(method="lora")),
-                        ("cat", dict(method="cat", cat_alpha=args.cat_alpha, checkpoint_every=max(1, args.steps // 2)))):
-        print(f"training {name} for {args.steps} steps")
-        adapters[name] = train(build_config(overrides={**common, **extra, "output": str(out / name)}))
-    prompts = ["a photo of sks circle on a light background", "a photo of circle on a light background"]
-    rows = []
-    for name, folder in adapters.items():
-        pipe = load_pipeline(str(out / "model"))
-        load_lora(pipe, folder)
-        drift = prediction_drift(pipe, prompts, samples=32, seed=args.seed)
-        rows.append({"method": name, "drift_trigger": drift[prompts[0]], "drift_plain": drift[prompts[1]]})
-    write_json_atomic(out / "drift.json", {"prompts": prompts, "rows": rows})
-    print("\nhow far each adapter moved the U-Net's noise prediction from the base model (mean squared difference):")
-    print("| method | with trigger: 'a photo of sks circle ...' | without: 'a photo of circle ...' | ratio |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['drift_trigger']:.2e} | {r['drift_plain']:.2e} | {r['drift_trigger'] / max(r['drift_plain'], 1e-30):.1f}x |")
-    for name, folder in adapters.items():
-        print(f"{name}: {folder / 'pytorch_lora_weights.safetensors'} (loads with pipe.load_lora_weights), "
-              f"log {folder / 'log.jsonl'}, grid {folder / 'validation.png'}")
-    print(f"wrote {out / 'drift.json'}. The model has random weights: the images show the pipeline, not quality.")
+    for name, value, low in (("--steps", args.steps, 1), ("--rank", args.rank, 1),
+                             ("--images-per-prompt", args.images_per_prompt, 1)):
+        if value < low:
+            raise CatAdapterError(f"{name} must be >= {low} (got {value})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CatAdapterError(f"--lr must be a positive number (got {args.lr})")
+    if not (math.isfinite(args.cat_alpha) and args.cat_alpha >= 0):
+        raise CatAdapterError(f"--cat-alpha must be a non-negative number (got {args.cat_alpha})")
+    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        raise CatAdapterError(f"--seeds must be distinct non-negative integers (got {args.seeds})")
+    spec = load_spec(args.concept_spec) if args.concept_spec else validate_spec(dict(DEFAULT_SPEC), "built-in spec")
+    if spec["resolution"] != 32:
+        raise CatAdapterError(f"--concept-spec: resolution must be 32 for the toy model (got {spec['resolution']})")
+    settings = DemoSettings(steps=args.steps, lr=args.lr, rank=args.rank, cat_alpha=args.cat_alpha, seeds=args.seeds,
+                            images_per_prompt=args.images_per_prompt)
+    run_demo(args.output, spec, settings, cpu=args.cpu)
     return 0

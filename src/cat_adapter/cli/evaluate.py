@@ -16,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate with the adapter from y_T and from y (same initial noise) and with the base model from y; "
         "embed with CLIP and write metrics.json, pairs.csv (every cosine), manifest.csv, images/ and grid.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="Base model: hub id, diffusers folder or single-file .safetensors.")
+    p.add_argument("--model", required=True, help="Base model: hub id, diffusers folder, single-file .safetensors, or toy (the built-in shapes world).")
     p.add_argument("--lora", required=True, help="LoRA output folder (or its .safetensors file), or none for the base model.")
     p.add_argument("--data", required=True, help="Concept folder (images with optional .txt captions).")
     p.add_argument("--output", required=True, help="Evaluation folder to write.")
-    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id or local folder (CLIPModel + its processor).")
+    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the shapes-world CLIP).")
     p.add_argument("--trigger", default=None, help="Trigger word (default: from the adapter's config.yaml).")
     p.add_argument("--class-noun", default=None, help="Class noun (default: from the adapter's config.yaml).")
     p.add_argument("--preserve-prompt", default=None, choices=PRESERVE_MODES,

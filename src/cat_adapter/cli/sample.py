@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="Generate images with a base model and an optional LoRA.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="Hub id, diffusers folder or single-file .safetensors.")
+    p.add_argument("--model", required=True, help="Hub id, diffusers folder, single-file .safetensors, or toy (the built-in shapes world).")
     p.add_argument("--lora", default=None, help="LoRA output folder (or its .safetensors file); none for the base model.")
     p.add_argument("--lora-scale", type=float, default=1.0, help="Multiplier of the LoRA update.")
     p.add_argument("--prompt", required=True, action="append", help="Prompt; repeat for several.")

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Empty cells mean absent; image paths are relative to the manifest's folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--manifest", required=True, help="CSV or JSONL (.jsonl) manifest.")
-    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id or local folder (CLIPModel + its processor).")
+    p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the shapes-world CLIP).")
     p.add_argument("--output", required=True, help="Folder for metrics.json, pairs.csv and grid.png.")
     p.add_argument("--label", default=None, help="Name of this run in reports (default: the manifest folder's name).")
     p.add_argument("--hm-epsilon", type=float, default=DEFAULT_EPSILON,

@@ -20,6 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--seed", type=int, default=0, help="Seed of the first sample.")
     w.add_argument("--output", required=True, help="Folder for grid.png and captions.txt.")
     w.set_defaults(func=run_samples)
+    b = toy.add_parser("build", help="Retrain the toy tokenizer, CLIP, VAE and U-Net from scratch (hours on a CPU).",
+                       description="Trains the shapes world's models from scratch with the fixed recipe "
+                       "(cat_adapter/toy/build.py) and writes OUTPUT/pipeline, OUTPUT/clip and OUTPUT/build.json "
+                       "(command, recipe, versions, commit, sha256 of every weight file). Checkpoints every 250 "
+                       "steps; --resume continues an interrupted build. Uses a GPU when one is present.")
+    b.add_argument("--output", required=True, help="Folder for the build (new, or an interrupted build with --resume).")
+    b.add_argument("--resume", action="store_true", help="Continue an interrupted build in --output.")
+    b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+    b.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; use 1 if other jobs share the cores).")
+    b.set_defaults(func=run_build)
+    i = toy.add_parser("info", help="Print JSON about the shipped toy models and the world (paths, palette, "
+                       "recommended sampling settings).")
+    i.set_defaults(func=run_info)
 
 
 def run_concept(args: argparse.Namespace) -> int:
@@ -47,4 +61,32 @@ def run_samples(args: argparse.Namespace) -> int:
     save_image(make_grid(rows, min_cell=64), out / "grid.png")
     write_text_atomic(out / "captions.txt", "".join(f"{args.seed + i}\t{p[1]}\n" for i, p in enumerate(pairs)))
     print(f"wrote {out / 'grid.png'} and {out / 'captions.txt'}")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.toy.build import build
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CatAdapterError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            torch.empty(0, device=args.device)
+        except (RuntimeError, ValueError) as exc:
+            raise CatAdapterError(f"--device {args.device}: not usable here ({str(exc).splitlines()[0]})") from None
+    build(args.output, resume=args.resume, device=args.device, log=lambda m: print(m, flush=True))
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from cat_adapter.toy.assets import info
+
+    print(json.dumps(info(), indent=1))
     return 0

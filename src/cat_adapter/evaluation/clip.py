@@ -34,6 +34,9 @@ def _features(out) -> torch.Tensor:
 
 def check_clip_spec(spec: str, *, option: str = "--clip") -> None:
     """Cheap checks before anything heavy is loaded: a local folder must hold a CLIP config."""
+    from cat_adapter.toy.assets import resolve
+
+    spec = resolve(spec, "clip", option)
     path = Path(spec).expanduser()
     if path.is_dir():
         cfg = path / "config.json"
@@ -60,7 +63,10 @@ class ClipEmbedder:
                  option: str = "--clip"):
         from transformers import AutoConfig, AutoProcessor, CLIPModel
 
+        from cat_adapter.toy.assets import resolve
+
         check_clip_spec(spec, option=option)
+        spec = resolve(spec, "clip", option)
         if batch_size < 1:
             raise CatAdapterError(f"--clip-batch-size must be >= 1 (got {batch_size})")
         self.spec = spec

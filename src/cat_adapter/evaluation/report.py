@@ -19,6 +19,8 @@ from cat_adapter.io import atomic_dir, write_text_atomic
 
 BASE_COLUMNS = ("prompt_score", "identity_score", "kps", "base_fidelity", "class_diversity", "base_class_diversity")
 HELDOUT_COLUMNS = ("kps_heldout", "base_fidelity_heldout")
+# Added by ``cat-adapter demo`` on the shapes world (read from pixels, not CLIP); shown where present.
+CONCEPT_COLUMNS = ("concept_rate_trigger", "concept_rate_class", "concept_rate_control")
 
 
 def load_run(folder: str | Path) -> dict:
@@ -50,7 +52,7 @@ def table_columns(runs: list[dict]) -> list[str]:
     cols = list(BASE_COLUMNS)
     if any(r.get("leakage") is not None for r in runs):
         cols.append("leakage")
-    cols += [c for c in HELDOUT_COLUMNS if any(value(r, c) is not None for r in runs)]
+    cols += [c for c in HELDOUT_COLUMNS + CONCEPT_COLUMNS if any(value(r, c) is not None for r in runs)]
     return cols
 
 
@@ -92,6 +94,10 @@ def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['runs']} |")
     lines += ["", "prompt_score: Eq. 5 (H of cos(text y, image I^{y_T})); identity_score: Eq. 7; kps: Eq. 9 "
               "(1 - H of cos(I^y, I^{y_T})); base_fidelity, class_diversity, leakage: ours (docs/evaluation.md)."]
+    if any(c in CONCEPT_COLUMNS for c in cols):
+        lines.append("concept_rate_*: share of images whose fill, pattern and outline match the concept's look, read "
+                     "from pixels (shapes world only), for trigger prompts, class prompts (trigger removed) and "
+                     "control prompts.")
     if pooled:
         lines.append("± is the half-width of the 95% interval of the mean across a label's runs: "
                      "t_{0.975,n-1} * sd / sqrt(n) over the runs' own scores.")

@@ -396,6 +396,10 @@ def _versions() -> dict[str, str]:
             "cat_adapter": __version__, "platform": platform.platform()}
 
 
+def _command() -> str:
+    return " ".join(["cat-adapter"] + sys.argv[1:]) if Path(sys.argv[0]).name == "cat-adapter" else " ".join(sys.argv)
+
+
 def _commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -462,6 +466,11 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
     progress = json.loads((state / "progress.json").read_text()) if (state / "progress.json").is_file() else {}
     src = inputs or state
     timings = progress.setdefault("seconds", {})
+    if stop_after is None:  # every invocation of a real build: the code that ran each part of it
+        progress.setdefault("invocations", []).append(
+            {"command": _command(), "commit": _commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "threads": torch.get_num_threads(), "device": str(dev), "done": [k for k in STAGES if k in progress]})
+        write_json_atomic(state / "progress.json", progress)
 
     def first(losses: list[float]) -> list[float]:
         return [round(x, 6) for x in losses[:5]]
@@ -589,10 +598,8 @@ def assemble(output: Path, recipe: dict, progress: dict, *, log: Callable[[str],
     with atomic_dir(output / "clip") as tmp:
         save_clip_folder(CLIPModel.from_pretrained(str(state / "clip"), dtype=torch.float32), tokenizer, tmp)
     record = {
-        "command": " ".join(["cat-adapter"] + sys.argv[1:]) if Path(sys.argv[0]).name == "cat-adapter" else " ".join(sys.argv),
-        "recipe": recipe, "stages": {k: v for k, v in progress.items() if k in STAGES},
-        "seconds": progress.get("seconds", {}), "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-        "threads": torch.get_num_threads(), "versions": _versions(), "commit": _commit(),
+        "command": _command(), "invocations": progress.get("invocations", []), "recipe": recipe, "stages": {k: v for k, v in progress.items() if k in STAGES},
+        "seconds": progress.get("seconds", {}), "versions": _versions(), "commit": _commit(),
         "weights": {**{f"pipeline/{k}": v for k, v in weight_hashes(output / "pipeline").items()},
                     **{f"clip/{k}": v for k, v in weight_hashes(output / "clip").items()}},
     }

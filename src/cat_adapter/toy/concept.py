@@ -82,13 +82,11 @@ def write_concept(spec: dict, output: str | Path) -> Path:
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CatAdapterError(f"--output {output}: exists and is not empty; choose a new folder")
-    rng = random.Random(f"captions-{spec['seed']}")
     with atomic_dir(output) as tmp:
         for i, scene in enumerate(concept_scenes(spec)):
             render(scene, spec["resolution"]).save(tmp / f"{i:02d}.png")
-            text = f"a {spec['trigger']} {scene.shape}"
-            if rng.random() < 0.5:
-                text += f" on a {scene.background} background"
+            # Captions always name the background, so "a sks circle" stays a held-out prompt.
+            text = f"a {spec['trigger']} {scene.shape} on a {scene.background} background"
             (tmp / f"{i:02d}.txt").write_text(text + "\n")
         (tmp / "concept.json").write_text(json.dumps({**spec, "look": concept_look(spec)}, indent=1) + "\n")
     return output

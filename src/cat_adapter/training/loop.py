@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
 def portable(cfg: TrainConfig) -> TrainConfig:
     """A copy with local paths made absolute and the run switches (--resume/--overwrite) off."""
     def absolute(p: str | None) -> str | None:
-        return str(Path(p).resolve()) if p and Path(p).exists() else p
+        return str(Path(p).resolve()) if p and p != "toy" and Path(p).exists() else p
 
     m, d, r = cfg.model, cfg.data, cfg.run
     return replace(cfg, model=replace(m, model=absolute(m.model), single_file_config=absolute(m.single_file_config)),

@@ -1,0 +1,207 @@
+"""``cat-adapter demo``: the paper's Table 1 on the built-in shapes world, offline on a CPU.
+
+A personal concept ("a sks circle": one look of a circle) is written from a spec; plain LoRA, CAT
+and CAT with a preservation pool of other-class prompts are trained on it with identical settings
+(steps, lr, rank, batch, images, seeds); the base model and every adapter are evaluated with the
+evaluation suite (``cat-adapter evaluate``) with the shipped toy CLIP; ``cat-adapter report``
+puts them side by side. Because the world is procedural, the demo adds ``concept_rate``: the share
+of images whose fill, pattern and outline match the concept's look, read from pixels
+(``toy.analyze``), for the trigger prompts, the class prompts (trigger removed) and the control
+prompts (other classes, other attributes of the class).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.toy.world import COLORS, PATTERN_WORDS, PATTERNS, SHAPES
+
+DEFAULT_SPEC = {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
+                "appearance": {"fill": "orange", "pattern": "stripes", "pattern_color": "white", "outline": "black"},
+                "num_images": 6, "seed": 0}
+METHODS = ("lora", "cat", "cat_pool")
+MARKER = "demo.json"
+
+
+@dataclass
+class DemoSettings:
+    """Fixed up front and identical for every method."""
+    steps: int = 300
+    lr: float = 1e-3
+    rank: int = 4
+    batch_size: int = 4
+    cat_alpha: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    images_per_prompt: int = 4       # evaluation seeds 0..N-1 per prompt
+    sample_steps: int | None = None  # None: the toy model's recommended settings (toy info)
+    guidance_scale: float | None = None
+    pool_size: int = 2               # pool prompts per step for cat_pool
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def heldout_prompts(spec: dict) -> list[str]:
+    """Trigger prompts never used as captions (concept captions always name the background)."""
+    return [f"a {{trigger}} {spec['class_noun']}"]
+
+
+def control_prompts(spec: dict, look: dict) -> list[str]:
+    """Trigger-free prompts never trained on: the other classes, and the class with other attributes."""
+    noun = spec["class_noun"]
+    others = [s for s in SHAPES if s != noun]
+    colours = [c for c in ("blue", "green", "red", "purple", "yellow") if c not in (look["fill"], look["outline"])]
+    pattern = next(p for p in PATTERNS if p not in ("solid", look["pattern"]))
+    outline = next(c for c in ("green", "red", "blue") if c not in (look["outline"], look["fill"]))
+    return ([f"a {s}" for s in others]
+            + [f"{_article(colours[0])} {colours[0]} {noun}", f"{_article(colours[1])} {colours[1]} {noun}",
+               f"a {PATTERN_WORDS[pattern]} {noun}", f"a {noun} with a {outline} outline"])
+
+
+def pool_prompts(spec: dict) -> list[str]:
+    """The preservation pool of cat_pool: coloured prompts of the other classes (never a control prompt)."""
+    others = [s for s in SHAPES if s != spec["class_noun"]]
+    return [f"{_article(c)} {c} {s}" for i, s in enumerate(others) for c in (COLORS[(2 * i) % 8], COLORS[(2 * i + 5) % 8])]
+
+
+def check_prompt_sets(pool: list[str], controls: list[str]) -> None:
+    shared = sorted(set(pool) & set(controls))
+    if shared:
+        raise CatAdapterError(f"demo: the preservation pool and the control prompts share {shared}; they must not")
+
+
+def _prepare_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CatAdapterError(f"--output {out}: is a file; give a folder path")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise CatAdapterError(f"--output {out}: exists and is not a demo folder (no {MARKER}); choose another --output")
+        print(f"replacing the previous demo in {out}")
+        shutil.rmtree(out)
+
+
+def add_concept_rates(eval_dir: Path, look: dict) -> dict:
+    """Pixel-read concept rates of an evaluation's images, added to its metrics.json."""
+    from PIL import Image
+
+    from cat_adapter.evaluation.manifest import read_manifest
+    from cat_adapter.io import write_json_atomic
+    from cat_adapter.toy.analyze import concept_rate
+
+    rows = read_manifest(eval_dir / "manifest.csv")
+    trig = [r.image_trigger for r in rows if r.group != "control" and r.image_trigger is not None]
+    plain = [r.image_plain for r in rows if r.group != "control"]
+    control = [r.image_plain for r in rows if r.group == "control"]
+
+    def rate(paths: list[Path]) -> float | None:
+        return concept_rate([Image.open(p).convert("RGB") for p in paths], look) if paths else None
+
+    rates = {"concept_rate_trigger": rate(trig), "concept_rate_class": rate(plain), "concept_rate_control": rate(control)}
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    metrics.update(rates)
+    metrics["concept_look"] = look
+    write_json_atomic(eval_dir / "metrics.json", metrics)
+    return rates
+
+
+def comparison_grids(eval_dirs: dict[str, Path], prompt_trigger: str, out: Path) -> list[Path]:
+    """Rows base / adapters, columns the evaluation seeds: one grid for the trigger prompt, one for the class prompt."""
+    from PIL import Image
+
+    from cat_adapter.evaluation.manifest import read_manifest
+    from cat_adapter.sampling import make_grid, save_image
+
+    written = []
+    for kind in ("trigger", "class"):
+        rows, labels, plain_text = [], [], None
+        for label, d in eval_dirs.items():
+            sel = sorted((r for r in read_manifest(d / "manifest.csv") if r.prompt_trigger == prompt_trigger),
+                         key=lambda r: r.seed)
+            if not sel:
+                continue
+            plain_text = sel[0].prompt_plain
+            paths = [(r.image_trigger if kind == "trigger" else r.image_plain) for r in sel]
+            rows.append([Image.open(p).convert("RGB") for p in paths if p is not None])
+            labels.append(label)
+        title = prompt_trigger if kind == "trigger" else plain_text
+        grid = make_grid(rows, row_labels=labels, col_labels=[f"'{title}' seed {k}" for k in range(len(rows[0]))],
+                         min_cell=96)
+        written.append(save_image(grid, out / f"grid_{kind}.png"))
+    return written
+
+
+def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: bool = False) -> dict:
+    from cat_adapter.config import build_config
+    from cat_adapter.evaluation.evaluate import EvalOptions, evaluate
+    from cat_adapter.evaluation.report import report
+    from cat_adapter.io import write_json_atomic, write_text_atomic
+    from cat_adapter.toy.assets import info as toy_info
+    from cat_adapter.toy.assets import toy_clip, toy_pipeline
+    from cat_adapter.toy.concept import concept_look, write_concept
+    from cat_adapter.training.loop import train
+
+    t0 = time.time()
+    toy_pipeline("demo"), toy_clip("demo")
+    out = Path(output)
+    _prepare_output(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recommended = toy_info()
+    sample_steps = settings.sample_steps or recommended["steps"] or 30
+    guidance = settings.guidance_scale if settings.guidance_scale is not None else (recommended["guidance_scale"] or 4.0)
+    look = concept_look(spec)
+    trigger, noun = spec["trigger"], spec["class_noun"]
+    heldout, controls, pool = heldout_prompts(spec), control_prompts(spec, look), pool_prompts(spec)
+    check_prompt_sets(pool, controls)
+    write_json_atomic(out / MARKER, {"spec": spec, "look": look, "settings": asdict(settings),
+                                     "sample_steps": sample_steps, "guidance_scale": guidance,
+                                     "heldout_prompts": heldout, "control_prompts": controls, "pool_prompts": pool})
+    write_concept(spec, out / "concept")
+    write_text_atomic(out / "prompts" / "heldout.txt", "\n".join(heldout) + "\n")
+    write_text_atomic(out / "prompts" / "control.txt", "\n".join(controls) + "\n")
+    write_text_atomic(out / "prompts" / "pool.txt", "\n".join(pool) + "\n")
+    print(f"concept '{trigger} {noun}': {look} -> {out / 'concept'}")
+
+    common = dict(model="toy", data=str(out / "concept"), trigger=trigger, class_noun=noun,
+                  caption_template="a {trigger} {class_noun}", resolution=spec["resolution"], steps=settings.steps,
+                  lr=settings.lr, rank=settings.rank, batch_size=settings.batch_size, validation_every=0,
+                  validation_prompt=f"a {trigger} {noun}", validation_images=2, validation_steps=sample_steps,
+                  validation_guidance_scale=guidance, cpu=cpu)
+    variants = {"lora": dict(method="lora"), "cat": dict(method="cat", cat_alpha=settings.cat_alpha),
+                "cat_pool": dict(method="cat", cat_alpha=settings.cat_alpha, preserve_pool=str(out / "prompts" / "pool.txt"),
+                                 preserve_pool_size=settings.pool_size)}
+    evaluation = dict(model="toy", data=str(out / "concept"), clip="toy", trigger=trigger, class_noun=noun,
+                      prompts=str(out / "prompts" / "heldout.txt"), control_prompts=str(out / "prompts" / "control.txt"),
+                      images_per_prompt=settings.images_per_prompt, sample_steps=sample_steps, guidance_scale=guidance,
+                      batch_size=16, resolution=spec["resolution"], cpu=cpu)
+    print(f"evaluating the base model ({settings.images_per_prompt} seeds per prompt)")
+    evals: dict[str, list[Path]] = {"base": [evaluate(EvalOptions(lora=None, output=str(out / "eval" / "base"),
+                                                                  label="base", **evaluation))]}
+    for seed in settings.seeds:
+        for name, extra in variants.items():
+            run_dir = out / "train" / f"{name}-seed{seed}"
+            t = time.time()
+            print(f"training {name} (seed {seed}, {settings.steps} steps)")
+            train(build_config(overrides={**common, **extra, "seed": seed, "output": str(run_dir)}))
+            print(f"  {time.time() - t:.0f} s; evaluating")
+            evals.setdefault(name, []).append(evaluate(EvalOptions(lora=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
+                                                                   label=name, **evaluation)))
+    rates = {label: [add_concept_rates(d, look) for d in dirs] for label, dirs in evals.items()}
+    report_dir = report([d for dirs in evals.values() for d in dirs], output=out / "report")
+    grids = comparison_grids({label: dirs[0] for label, dirs in evals.items()}, f"a {trigger} {noun}", report_dir)
+    table = (report_dir / "table.md").read_text()
+    summary = {"seconds": round(time.time() - t0, 1), "report": str(report_dir), "grids": [str(g) for g in grids],
+               "concept_rates": rates}
+    meta = json.loads((out / MARKER).read_text())
+    write_json_atomic(out / MARKER, {**meta, **summary})
+    print()
+    print(table)
+    print(f"concept look: fill {look['fill']}, pattern {look['pattern']} ({look['pattern_color']}), outline {look['outline']}")
+    print(f"wrote {report_dir / 'table.md'}, table.csv, scores.png, {', '.join(g.name for g in grids)} "
+          f"({summary['seconds']:.0f} s)")
+    return summary
