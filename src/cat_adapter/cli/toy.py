@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     b.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 if other jobs share the cores).")
+    b.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                   help="Run only these stages (tokenizer clip judge vae unet) and do not assemble; independent "
+                   "stages (judge beside vae/unet) can then run in parallel processes on the same --output with "
+                   "--resume. A final run without --stages assembles.")
     b.set_defaults(func=run_build)
     i = toy.add_parser("info", help="Print JSON about the shipped toy models and the world (paths, palette, "
                        "recommended sampling settings).")
@@ -79,7 +83,13 @@ def run_build(args: argparse.Namespace) -> int:
             torch.empty(0, device=args.device)
         except (RuntimeError, ValueError) as exc:
             raise CatAdapterError(f"--device {args.device}: not usable here ({str(exc).splitlines()[0]})") from None
-    build(args.output, resume=args.resume, device=args.device, log=lambda m: print(m, flush=True))
+    from cat_adapter.toy.build import STAGES
+
+    stages = tuple(args.stages or STAGES)
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown:
+        raise CatAdapterError(f"--stages: unknown stage {unknown[0]!r}; valid: {', '.join(STAGES)}")
+    build(args.output, resume=args.resume, device=args.device, stages=stages, log=lambda m: print(m, flush=True))
     return 0
 
 

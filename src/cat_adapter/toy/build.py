@@ -8,13 +8,15 @@ from a generator seeded by (seed, stage, step), so a resumed stage continues exa
    never seen in captions included) splits into known pieces.
 2. ``clip``: a tiny CLIP (text + vision) trained contrastively on (image, caption) pairs. A caption
    names a subset of its image's attributes, so every image a caption is true of is a positive.
+   ``judge``: that CLIP trained further (same loss, its own data stream): the evaluation CLIP
+   (``--clip toy``). The U-Net conditions on the stage-2 text tower, which stays fixed.
 3. ``vae``: a tiny AutoencoderKL (32x32x3 -> 4x16x16); its ``scaling_factor`` is measured as
    1 / std of sampled latents over the world.
 4. ``unet``: a tiny U-Net conditioned on the CLIP text encoder's last hidden states (frozen), with
    classifier-free guidance dropout (empty caption) and an EMA of its weights, which is shipped.
 
 The result is ``OUTPUT/pipeline`` (a ``StableDiffusionPipeline`` folder), ``OUTPUT/clip`` (a
-``CLIPModel`` folder with its processor) and ``OUTPUT/build.json`` (command, recipe, versions,
+``CLIPModel`` folder with its processor: the judge) and ``OUTPUT/build.json`` (command, recipe, versions,
 commit, timings, the first losses of every stage and the sha256 of every weight file). Stage
 checkpoints live in ``OUTPUT/state`` until the build ends.
 """
@@ -42,22 +44,25 @@ from cat_adapter.io import atomic_dir, atomic_path, write_json_atomic
 from cat_adapter.toy.world import (BACKGROUNDS, COLORS, OUTLINES, PATTERN_WORDS, PATTERNS, RESOLUTION, SHAPES,
                                    caption_named, consistent, render, sample_scene)
 
-STAGES = ("tokenizer", "clip", "vae", "unet")
+STAGES = ("tokenizer", "clip", "judge", "vae", "unet")
 RECIPE: dict[str, Any] = {
     "seed": 0,
     "pool_size": 50000,            # base-world examples: scene i is a pure function of (seed, i)
     "tokenizer": {"vocab_size": 640, "captions": 20000, "model_max_length": 32},
     "clip": {"steps": 2500, "batch_size": 64, "lr": 1e-3, "warmup": 150, "weight_decay": 0.1,
              "full_caption_prob": 0.5, "hidden": 128, "layers": 4, "heads": 4, "patch": 8, "projection_dim": 128},
+    # The evaluation CLIP (--clip toy): the stage-2 CLIP trained further with the same loss and data
+    # stream. The U-Net keeps conditioning on the stage-2 text tower.
+    "judge": {"steps": 3000, "lr": 5e-4, "warmup": 100, "final_lr_fraction": 0.1},
     "vae": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup": 50, "kl_weight": 1e-6, "channels": [32, 32],
             "latent_channels": 4},
-    "unet": {"steps": 6000, "batch_size": 32, "lr": 6e-4, "warmup": 200, "final_lr_fraction": 0.1,
+    "unet": {"steps": 4000, "batch_size": 32, "lr": 8e-4, "warmup": 200, "final_lr_fraction": 0.1,
              "cfg_dropout": 0.1, "ema_decay": 0.999, "channels": [32, 64, 64], "layers_per_block": 1,
              "attention_head_dim": 8},
     "sampling": {"steps": 30, "guidance_scale": 4.0},
     "checkpoint_every": 250,
 }
-_STAGE_ID = {name: i + 1 for i, name in enumerate(STAGES)}
+_STAGE_ID = {"tokenizer": 1, "clip": 2, "vae": 3, "unet": 4, "judge": 5}
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -180,9 +185,9 @@ def clip_loss(model, pixels: torch.Tensor, input_ids: torch.Tensor, attention_ma
     return (loss_i + loss_t) / 2
 
 
-def clip_batch(pool: WorldPool, tokenizer, recipe: dict, step: int):
+def clip_batch(pool: WorldPool, tokenizer, recipe: dict, step: int, stage: str = "clip"):
     c = recipe["clip"]
-    g, rng = step_generator(recipe["seed"], "clip", step), step_rng(recipe["seed"], "clip", step)
+    g, rng = step_generator(recipe["seed"], stage, step), step_rng(recipe["seed"], stage, step)
     idx = pool.sample_indices(g, c["batch_size"])
     scenes = [pool.scene(i) for i in idx]
     named = [caption_named(s, rng, name_all=rng.random() < c["full_caption_prob"]) for s in scenes]
@@ -423,6 +428,35 @@ def text_encoder_from_clip(clip_folder: Path):
     return text_encoder.eval()
 
 
+def load_text_encoder(folder: Path):
+    """The U-Net's text encoder: ``folder/text_encoder`` (a pipeline's) if present, else the stage-2 CLIP's text tower."""
+    from transformers import CLIPTextModel
+
+    if (folder / "text_encoder").is_dir():
+        return CLIPTextModel.from_pretrained(str(folder / "text_encoder"), dtype=torch.float32).eval()
+    return text_encoder_from_clip(folder / "clip")
+
+
+def load_progress(state: Path) -> dict:
+    """Finished stages: ``done-<stage>.json`` files (and ``progress.json`` of earlier builds)."""
+    progress = json.loads((state / "progress.json").read_text()) if (state / "progress.json").is_file() else {}
+    progress.pop("invocations", None)
+    seconds = progress.setdefault("seconds", {})
+    for path in sorted(state.glob("done-*.json")):
+        stage = path.stem[len("done-"):]
+        record = json.loads(path.read_text())
+        seconds[stage] = record.pop("seconds", None)
+        progress[stage] = record
+    return progress
+
+
+def invocations(state: Path) -> list[dict]:
+    old = json.loads((state / "progress.json").read_text()).get("invocations", []) if (state / "progress.json").is_file() else []
+    path = state / "invocations.jsonl"
+    new = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return old + new
+
+
 def _mean_last(losses: list[float], n: int) -> float:
     tail = losses[-n:]
     return sum(tail) / max(1, len(tail))
@@ -455,22 +489,32 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         raise CatAdapterError(f"--output {output}: exists and is not empty; choose a new folder or add --resume")
     if resume and (state / "recipe.json").is_file():
         saved = json.loads((state / "recipe.json").read_text())
-        if saved != recipe:
-            raise CatAdapterError(f"--resume {output}: that build used another recipe; start a new folder")
+        # A newer recipe may only add sections for stages that have not started.
+        changed = [k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k)]
+        started = [k for k in changed if k not in STAGES or k not in recipe or (state / f"{k}-train").exists()
+                   or (state / k).exists()]
+        if started:
+            raise CatAdapterError(f"--resume {output}: that build used another recipe ({', '.join(sorted(started))}); "
+                                  "start a new folder")
     state.mkdir(parents=True, exist_ok=True)
     write_json_atomic(state / "recipe.json", recipe)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cudnn.benchmark = False
     seed = recipe["seed"]
     pool = WorldPool(seed, recipe["pool_size"])
-    progress = json.loads((state / "progress.json").read_text()) if (state / "progress.json").is_file() else {}
+    progress = load_progress(state)
     src = inputs or state
     timings = progress.setdefault("seconds", {})
     if stop_after is None:  # every invocation of a real build: the code that ran each part of it
-        progress.setdefault("invocations", []).append(
-            {"command": _command(), "commit": _commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "threads": torch.get_num_threads(), "device": str(dev), "done": [k for k in STAGES if k in progress]})
-        write_json_atomic(state / "progress.json", progress)
+        with open(state / "invocations.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"command": _command(), "commit": _commit(), "stages": list(stages),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "threads": torch.get_num_threads(), "device": str(dev),
+                                 "done": [k for k in STAGES if k in progress]}) + "\n")
+
+    def done(stage: str, t: float) -> None:
+        timings[stage] = round(time.time() - t, 1)
+        write_json_atomic(state / f"done-{stage}.json", {**progress[stage], "seconds": timings[stage]})
 
     def first(losses: list[float]) -> list[float]:
         return [round(x, 6) for x in losses[:5]]
@@ -480,8 +524,7 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         t = time.time()
         with atomic_dir(state / "tokenizer") as tmp:
             progress["tokenizer"] = train_tokenizer(tmp, recipe)
-        timings["tokenizer"] = round(time.time() - t, 1)
-        write_json_atomic(state / "progress.json", progress)
+        done("tokenizer", t)
         log(f"[tokenizer] {progress['tokenizer']}")
     tokenizer = load_tokenizer(src / "tokenizer") if (src / "tokenizer").is_dir() else None
 
@@ -508,9 +551,36 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         acc = clip_zero_shot(str(state / "clip"), n=500, seed=10_000_000)
         progress["clip"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 5),
                             "zero_shot_500": acc}
-        timings["clip"] = round(time.time() - t, 1)
-        write_json_atomic(state / "progress.json", progress)
+        done("clip", t)
         log(f"[clip] zero-shot accuracy on 500 fresh images: {acc}")
+
+    # 2b. the evaluation CLIP
+    if "judge" in stages and "judge" not in progress:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(str(src / "clip"), dtype=torch.float32).to(dev)
+        j = recipe["judge"]
+
+        def judge_step(step: int) -> torch.Tensor:
+            px, ids, mask, pos = clip_batch(pool, tokenizer, recipe, step, stage="judge")
+            return clip_loss(model, px.to(dev), ids.to(dev), mask.to(dev), pos.to(dev))
+
+        t = time.time()
+        model, losses = run_stage("judge", model, judge_step, steps=j["steps"], lr=j["lr"], warmup=j["warmup"],
+                                  weight_decay=recipe["clip"]["weight_decay"], final_lr=j["final_lr_fraction"],
+                                  state_dir=state / "judge-train", checkpoint_every=recipe["checkpoint_every"],
+                                  stop_after=stop_after, log=log)
+        if stop_after is not None:
+            return {"judge": first(losses)}
+        with atomic_dir(state / "judge") as tmp:
+            save_clip_folder(model.cpu(), tokenizer, tmp)
+        from cat_adapter.toy.judge import clip_zero_shot
+
+        acc = clip_zero_shot(str(state / "judge"), n=500, seed=10_000_000)
+        progress["judge"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 5),
+                             "zero_shot_500": acc}
+        done("judge", t)
+        log(f"[judge] zero-shot accuracy on 500 fresh images: {acc}")
 
     # 3. VAE
     if "vae" in stages and "vae" not in progress:
@@ -537,14 +607,13 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
             vae.cpu().save_pretrained(str(tmp), safe_serialization=True)
         progress["vae"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 6),
                            "scaling_factor": sf, "reconstruction_mse_256": rec_mse}
-        timings["vae"] = round(time.time() - t, 1)
-        write_json_atomic(state / "progress.json", progress)
+        done("vae", t)
         log(f"[vae] scaling_factor {sf:.4f}, reconstruction MSE {rec_mse:.5f} (images in [-1, 1])")
 
     # 4. U-Net
     if "unet" in stages and "unet" not in progress:
         from diffusers import AutoencoderKL
-        text_encoder = text_encoder_from_clip(src / "clip").to(dev)
+        text_encoder = load_text_encoder(src).to(dev)
         vae = AutoencoderKL.from_pretrained(str(src / "vae"), torch_dtype=torch.float32).to(dev).eval()
         sf = float(vae.config.scaling_factor)
         latent_size = RESOLUTION // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -567,8 +636,7 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         with atomic_dir(state / "unet") as tmp:
             ema.cpu().save_pretrained(str(tmp), safe_serialization=True)
         progress["unet"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 200), 5)}
-        timings["unet"] = round(time.time() - t, 1)
-        write_json_atomic(state / "progress.json", progress)
+        done("unet", t)
 
     if stop_after is not None or set(stages) != set(STAGES):
         return progress
@@ -576,7 +644,8 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
 
 
 def assemble(output: Path, recipe: dict, progress: dict, *, log: Callable[[str], None] = print) -> dict:
-    """Put the stages together as a pipeline folder and a CLIP folder, hash them, write build.json."""
+    """Put the stages together as a pipeline folder (U-Net, VAE, stage-2 text tower) and a CLIP folder
+    (the judge), hash them, write build.json."""
     import shutil
 
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -596,9 +665,9 @@ def assemble(output: Path, recipe: dict, progress: dict, *, log: Callable[[str],
     with atomic_dir(output / "pipeline") as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
     with atomic_dir(output / "clip") as tmp:
-        save_clip_folder(CLIPModel.from_pretrained(str(state / "clip"), dtype=torch.float32), tokenizer, tmp)
+        save_clip_folder(CLIPModel.from_pretrained(str(state / "judge"), dtype=torch.float32), tokenizer, tmp)
     record = {
-        "command": _command(), "invocations": progress.get("invocations", []), "recipe": recipe, "stages": {k: v for k, v in progress.items() if k in STAGES},
+        "command": _command(), "invocations": invocations(state), "recipe": recipe, "stages": {k: v for k, v in progress.items() if k in STAGES},
         "seconds": progress.get("seconds", {}), "versions": _versions(), "commit": _commit(),
         "weights": {**{f"pipeline/{k}": v for k, v in weight_hashes(output / "pipeline").items()},
                     **{f"clip/{k}": v for k, v in weight_hashes(output / "clip").items()}},
