@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -81,3 +83,17 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("content", [{"steps": "many"}, {"steps": 0}, {"cat_alpha": -1}])
+def test_config_file_values_are_errors_naming_the_file(tmp_path, content):
+    f = tmp_path / "run.yaml"
+    f.write_text(yaml.safe_dump({**REQ, **content}))
+    source = f"--config {f}"
+    with pytest.raises(CatAdapterError, match=f"^{re.escape(source)}: --"):
+        build_config(load_config_file(f), file_source=source)
+    # The same bad value given as a flag is the flag's error, not the file's.
+    key = next(iter(content))
+    with pytest.raises(CatAdapterError) as err:
+        build_config(load_config_file(f), {key: content[key]}, file_source=source)
+    assert not str(err.value).startswith(source)

@@ -301,19 +301,38 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return _flatten(raw, f"--config {path}")
 
 
-def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults <- file values <- overrides, coerced to their types and validated."""
+def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, *,
+                 file_source: str | None = None) -> TrainConfig:
+    """Defaults <- file values <- overrides, coerced to their types and validated.
+
+    ``file_source`` (e.g. ``--config run.yaml``) prefixes errors about values that came from the file.
+    """
     index = field_index()
+    file_values, overrides = file_values or {}, overrides or {}
+    from_file = {k for k in file_values if k not in overrides}
+
+    def located(exc: CatAdapterError, name: str | None) -> CatAdapterError:
+        if file_source and name in from_file:
+            return CatAdapterError(f"{file_source}: {exc}")
+        return exc
+
     merged: dict[str, dict[str, Any]] = {}
-    for source in (file_values or {}, overrides or {}):
+    for source in (file_values, overrides):
         for name, value in source.items():
             if name not in index:
                 raise CatAdapterError(f"unknown option {flag(name)}")
             sec, f, typ = index[name]
-            merged.setdefault(sec, {})[name] = coerce(name, value, typ, f.metadata.get("choices"))
+            try:
+                merged.setdefault(sec, {})[name] = coerce(name, value, typ, f.metadata.get("choices"))
+            except CatAdapterError as exc:
+                raise located(exc, name if source is file_values else None) from None
     hints = get_type_hints(TrainConfig)
     kwargs = {sec.name: hints[sec.name](**merged.get(sec.name, {})) for sec in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**kwargs).validate()
+    try:
+        return TrainConfig(**kwargs).validate()
+    except CatAdapterError as exc:
+        first = str(exc).split(" ", 1)[0]
+        raise located(exc, first[2:].replace("-", "_") if first.startswith("--") else None) from None
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:

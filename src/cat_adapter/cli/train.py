@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from cat_adapter.training.loop import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress", "func", "command", "verbose")}
-    cfg = build_config(load_config_file(args.config) if args.config else {}, given)
+    cfg = build_config(load_config_file(args.config) if args.config else {}, given,
+                       file_source=f"--config {args.config}" if args.config else None)
     out = train(cfg, progress=not args.no_progress)
     print(f"saved {out / 'pytorch_lora_weights.safetensors'}")
     return 0

@@ -1,0 +1,129 @@
+"""The shipped shapes-world models: plain loading, hashes, tokenizer, a re-run build prefix, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cat_adapter.toy.assets import ASSETS, build_record
+
+pytestmark = pytest.mark.skipif(not (ASSETS / "build.json").is_file(), reason="toy models not built into this checkout")
+
+
+def test_shipped_folders_load_with_plain_libraries_in_float32():
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS / "pipeline"))
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.float32}
+    assert pipe.tokenizer.model_max_length == pipe.text_encoder.config.max_position_embeddings
+    clip = CLIPModel.from_pretrained(str(ASSETS / "clip"))
+    assert {p.dtype for p in clip.parameters()} == {torch.float32}
+    processor = CLIPProcessor.from_pretrained(str(ASSETS / "clip"))
+    assert processor.image_processor.crop_size["height"] == 32
+    # The pipeline's text encoder is the CLIP's text tower.
+    ids = pipe.tokenizer(["a red circle"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(pipe.text_encoder(ids)[0], clip.text_model(ids)[0], atol=1e-6)
+
+
+def test_shipped_weights_are_what_the_build_recorded():
+    from cat_adapter.toy.build import weight_hashes
+
+    rec = build_record()
+    shipped = {**{f"pipeline/{k}": v for k, v in weight_hashes(ASSETS / "pipeline").items()},
+               **{f"clip/{k}": v for k, v in weight_hashes(ASSETS / "clip").items()}}
+    assert shipped == rec["weights"] and len(shipped) == 4
+    sizes = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert sizes <= 30 * 2 ** 20
+    # The VAE's scaling factor is the one the build measured, not SD's 0.18215.
+    vae_cfg = json.loads((ASSETS / "pipeline" / "vae" / "config.json").read_text())
+    assert vae_cfg["scaling_factor"] == pytest.approx(rec["stages"]["vae"]["scaling_factor"])
+
+
+def test_tokenizer_splits_any_trigger_into_known_pieces():
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(ASSETS / "pipeline" / "tokenizer"))
+    assert tok.model_max_length == 32
+    seen = {}
+    for trigger in ("sks", "qzxv", "zwj", "ohwx", "k9x", "ñøß", "teapot", "日本", "a1b2"):
+        ids = tok(f"a {trigger} circle").input_ids
+        inner = ids[1:-1]
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.unk_token_id not in inner, trigger      # unk is <|endoftext|>: never inside a prompt
+        assert tok.decode(inner) == f"a {trigger} circle"
+        key = tuple(tok(trigger).input_ids)
+        assert key not in seen, (trigger, seen.get(key))
+        seen[key] = trigger
+    # World words are single tokens; an unseen trigger is several.
+    assert len(tok.tokenize("circle")) == 1 and len(tok.tokenize("qzxv")) > 1
+
+
+def test_tokenizer_stage_reproduces_the_shipped_tokenizer(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from cat_adapter.toy.build import train_tokenizer
+
+    train_tokenizer(tmp_path / "tok", build_record()["recipe"])
+    mine = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    shipped = CLIPTokenizer.from_pretrained(str(ASSETS / "pipeline" / "tokenizer"))
+    assert mine.get_vocab() == shipped.get_vocab()
+    text = "an orange dotted heart with a black outline on a dark background"
+    assert mine(text).input_ids == shipped(text).input_ids
+
+
+@pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
+def test_build_prefix_gives_the_recorded_losses(tmp_path, stage):
+    """Re-run the first steps of a stage from scratch (earlier stages taken from the shipped models)."""
+    from cat_adapter.toy.build import build
+
+    rec = build_record()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "tokenizer").symlink_to(ASSETS / "pipeline" / "tokenizer")
+    (inputs / "clip").symlink_to(ASSETS / "clip")
+    (inputs / "vae").symlink_to(ASSETS / "pipeline" / "vae")
+    got = build(tmp_path / "out", recipe=rec["recipe"], stop_after=3, stages=(stage,), inputs=inputs, log=lambda m: None)
+    want = rec["stages"][stage]["first_losses"][:3]
+    assert got[stage] == pytest.approx(want, rel=2e-4, abs=1e-5)
+
+
+def test_toy_info_prints_the_documented_keys():
+    out = subprocess.run([sys.executable, "-m", "cat_adapter.cli.main", "toy", "info"], capture_output=True,
+                         text=True, check=True).stdout
+    info = json.loads(out)
+    for key in ("pipeline", "clip", "shapes", "palette", "backgrounds", "resolution", "steps", "guidance_scale"):
+        assert info[key] is not None, key
+    assert info["palette"]["orange"] == [250, 140, 0] and "heart" in info["shapes"]
+
+
+def test_demo_smoke_run_writes_the_table(tmp_path):
+    import csv
+
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "cat_adapter.cli.main", "demo", "--output", str(out), "--steps", "2",
+                           "--images-per-prompt", "1", "--sample-steps", "2", "--cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "report" / "table.csv")))
+    assert [r["label"] for r in rows] == ["base", "lora", "cat", "cat_pool"]
+    for col in ("prompt_score", "identity_score", "kps", "leakage", "concept_rate_trigger", "concept_rate_class",
+                "concept_rate_control"):
+        assert all(r[col] != "" for r in rows), col
+    for name in ("table.md", "scores.png", "grid_trigger.png", "grid_class.png"):
+        assert (out / "report" / name).is_file()
+    meta = json.loads((out / "demo.json").read_text())
+    assert not set(meta["pool_prompts"]) & set(meta["control_prompts"])
+    assert "| cat_pool |" in proc.stdout
+    # A second run replaces the demo folder; a foreign folder is refused with one line.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.txt").write_text("keep")
+    bad = subprocess.run([sys.executable, "-m", "cat_adapter.cli.main", "demo", "--output", str(foreign)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and (foreign / "x.txt").exists()
