@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cat-alpha", type=float, default=d.cat_alpha, help="CAT strength alpha (cat and cat_pool).")
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt,
                    help="Evaluation seeds per prompt.")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="Sampling steps of evaluation images (default: the toy model's recommendation, toy info).")
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.set_defaults(func=run)
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from cat_adapter.toy.demo import DEFAULT_SPEC, DemoSettings, run_demo
 
     for name, value, low in (("--steps", args.steps, 1), ("--rank", args.rank, 1),
-                             ("--images-per-prompt", args.images_per_prompt, 1)):
+                             ("--images-per-prompt", args.images_per_prompt, 1),
+                             ("--sample-steps", args.sample_steps if args.sample_steps is not None else 1, 1)):
         if value < low:
             raise CatAdapterError(f"{name} must be >= {low} (got {value})")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -53,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
     if spec["resolution"] != 32:
         raise CatAdapterError(f"--concept-spec: resolution must be 32 for the toy model (got {spec['resolution']})")
     settings = DemoSettings(steps=args.steps, lr=args.lr, rank=args.rank, cat_alpha=args.cat_alpha, seeds=args.seeds,
-                            images_per_prompt=args.images_per_prompt)
+                            images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps)
     run_demo(args.output, spec, settings, cpu=args.cpu)
     return 0
