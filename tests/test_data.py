@@ -84,3 +84,14 @@ def test_cache_holds_both_flips_and_sampler_is_seeded(tiny_model, concept_dir):
     s2 = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=5)
     s2.load_state_dict(state)
     assert torch.equal(s2.next().latents, nxt.latents)
+
+
+def test_orphan_caption_is_named_in_a_warning(tmp_path, caplog):
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a sks circle")
+    (tmp_path / "b.txt").write_text("a sks circle, typo'd image name")
+    with caplog.at_level("WARNING", logger="cat_adapter"):
+        items = load_concept(tmp_path, trigger="sks", class_noun="circle")
+    assert [it.caption for it in items] == ["a sks circle"]
+    assert any("b.txt" in r.getMessage() and "no image" in r.getMessage() for r in caplog.records)
+    assert not any("a.txt" in r.getMessage() for r in caplog.records)

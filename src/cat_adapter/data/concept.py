@@ -7,6 +7,8 @@ cropped to a square. Aspect-ratio bucketing is not implemented yet: every image 
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +103,13 @@ def load_concept(
 ) -> list[ConceptItem]:
     """Read captions (or the template) and derive y for every image; images are checked here too."""
     items = []
-    for path in list_images(folder, option):
+    images = list_images(folder, option)
+    stems = {p.stem for p in images}
+    for orphan in sorted(Path(folder).expanduser().glob("*.txt")):
+        if orphan.stem not in stems:
+            logging.getLogger("cat_adapter").warning(
+                "%s: caption %s has no image of the same name beside it; it is ignored", option, orphan)
+    for path in images:
         open_image(path, option)  # validate every image before any model is loaded
         txt = path.with_suffix(".txt")
         if txt.is_file():
