@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=4, help="Seeds per (colour, shape) prompt.")
     ap.add_argument("--class-seeds", type=int, default=40, help="Seeds per 'a {shape}' prompt.")
     ap.add_argument("--seed", type=int, default=123_456, help="First generation seed (fresh: not used elsewhere).")
+    ap.add_argument("--guidance-scale", type=float, default=None, help="Default: the toy model's recommendation.")
+    ap.add_argument("--sample-steps", type=int, default=None, help="Default: the toy model's recommendation.")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
 
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     rec = info()
-    steps, guidance = rec["steps"], rec["guidance_scale"]
+    steps = args.sample_steps or rec["steps"]
+    guidance = args.guidance_scale if args.guidance_scale is not None else rec["guidance_scale"]
     embedder = ClipEmbedder(args.clip, device="cpu", batch_size=256)
     judge = Judge(embedder)
     zs = clip_zero_shot(args.clip, n=args.images, seed=987_654, embedder=embedder)
