@@ -11,9 +11,6 @@ import torch
 
 from cat_adapter.toy.assets import ASSETS, build_record
 
-pytestmark = pytest.mark.skipif(not (ASSETS / "build.json").is_file(), reason="toy models not built into this checkout")
-
-
 def test_shipped_folders_load_with_plain_libraries_in_float32():
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel, CLIPProcessor
@@ -25,10 +22,14 @@ def test_shipped_folders_load_with_plain_libraries_in_float32():
     assert {p.dtype for p in clip.parameters()} == {torch.float32}
     processor = CLIPProcessor.from_pretrained(str(ASSETS / "clip"))
     assert processor.image_processor.crop_size["height"] == 32
-    # The pipeline's text encoder is the CLIP's text tower.
-    ids = pipe.tokenizer(["a red circle"], return_tensors="pt").input_ids
-    with torch.no_grad():
-        assert torch.allclose(pipe.text_encoder(ids)[0], clip.text_model(ids)[0], atol=1e-6)
+    # One tokenizer for the pipeline and the CLIP; the pipeline's text encoder has the CLIP text tower's shape
+    # (it is the stage-2 tower; the shipped CLIP is the judge, trained further).
+    text = "a red striped star with a black outline"
+    assert pipe.tokenizer(text).input_ids == processor.tokenizer(text).input_ids
+    assert pipe.text_encoder.config.hidden_size == clip.config.text_config.hidden_size
+    out = pipe(text, num_inference_steps=2, guidance_scale=7.5, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 3)
 
 
 def test_shipped_weights_are_what_the_build_recorded():
@@ -56,7 +57,8 @@ def test_tokenizer_splits_any_trigger_into_known_pieces():
         inner = ids[1:-1]
         assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
         assert tok.unk_token_id not in inner, trigger      # unk is <|endoftext|>: never inside a prompt
-        assert tok.decode(inner) == f"a {trigger} circle"
+        # Nothing is lost (CLIP's pre-tokenizer splits digits apart, so compare without spaces).
+        assert tok.decode(inner).replace(" ", "") == f"a{trigger}circle"
         key = tuple(tok(trigger).input_ids)
         assert key not in seen, (trigger, seen.get(key))
         seen[key] = trigger
@@ -79,14 +81,16 @@ def test_tokenizer_stage_reproduces_the_shipped_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
 def test_build_prefix_gives_the_recorded_losses(tmp_path, stage):
-    """Re-run the first steps of a stage from scratch (earlier stages taken from the shipped models)."""
+    """Re-run the first steps of a stage from scratch (earlier stages taken from the shipped models).
+
+    The judge stage is not re-run here: it continues the stage-2 CLIP, of which only the text tower ships."""
     from cat_adapter.toy.build import build
 
     rec = build_record()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / "tokenizer").symlink_to(ASSETS / "pipeline" / "tokenizer")
-    (inputs / "clip").symlink_to(ASSETS / "clip")
+    (inputs / "text_encoder").symlink_to(ASSETS / "pipeline" / "text_encoder")  # the U-Net's (stage-2) text tower
     (inputs / "vae").symlink_to(ASSETS / "pipeline" / "vae")
     got = build(tmp_path / "out", recipe=rec["recipe"], stop_after=3, stages=(stage,), inputs=inputs, log=lambda m: None)
     want = rec["stages"][stage]["first_losses"][:3]
