@@ -18,17 +18,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Fill colours the toy model renders reliably (benchmarks/toy_quality.py: blue 95%, cyan 100%, red 80%,
+# yellow 100%, white 95% right); orange, pink and purple are its weak colours.
 CONCEPTS = [
     {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
-     "appearance": {"fill": "orange", "pattern": "stripes", "pattern_color": "white", "outline": "black"}},
+     "appearance": {"fill": "blue", "pattern": "stripes", "pattern_color": "yellow", "outline": "black"}},
     {"name": "zwx_square", "class_noun": "square", "trigger": "zwx",
-     "appearance": {"fill": "purple", "pattern": "dots", "pattern_color": "yellow", "outline": "none"}},
+     "appearance": {"fill": "cyan", "pattern": "dots", "pattern_color": "red", "outline": "none"}},
     {"name": "qlo_triangle", "class_noun": "triangle", "trigger": "qlo",
-     "appearance": {"fill": "cyan", "pattern": "solid", "outline": "red"}},
+     "appearance": {"fill": "red", "pattern": "solid", "outline": "blue"}},
     {"name": "vrt_star", "class_noun": "star", "trigger": "vrt",
-     "appearance": {"fill": "green", "pattern": "stripes", "pattern_color": "black", "outline": "none"}},
+     "appearance": {"fill": "yellow", "pattern": "stripes", "pattern_color": "black", "outline": "none"}},
     {"name": "mbp_heart", "class_noun": "heart", "trigger": "mbp",
-     "appearance": {"fill": "red", "pattern": "dots", "pattern_color": "white", "outline": "blue"}},
+     "appearance": {"fill": "white", "pattern": "dots", "pattern_color": "blue", "outline": "black"}},
 ]
 COLUMNS = ("identity_score", "prompt_score", "kps", "base_fidelity", "leakage", "concept_rate_trigger",
            "concept_rate_class", "concept_rate_control")

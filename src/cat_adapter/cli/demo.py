@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="runs/demo", help="Folder for everything the demo writes (a previous demo "
                    "there is replaced; any other non-empty folder is refused).")
     p.add_argument("--concept-spec", default=None, help="JSON concept spec (see 'cat-adapter toy concept --help'); "
-                   "default: an orange circle with white stripes and a black outline, trigger sks.")
+                   "default: a blue circle with yellow stripes and a black outline, trigger sks.")
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds,
                    help="Training seeds; several are pooled in the report with 95%% intervals.")
     p.add_argument("--steps", type=int, default=d.steps, help="Training steps of every method.")
