@@ -1,6 +1,5 @@
 """The command line: bad input gives one line naming the problem and leaves no weights; sample and demo run."""
 
-import json
 import os
 import subprocess
 import sys
@@ -130,23 +129,3 @@ def test_sample_bad_input(args, needle, capsys, tmp_path, monkeypatch):
     assert code == 2 and needle in err and len(err.splitlines()) == 1
 
 
-def test_demo_smoke(tmp_path, capsys):
-    code = main(["demo", "--output", str(tmp_path / "demo"), "--steps", "4"])
-    assert code == 0
-    adapter = tmp_path / "demo" / "cat"
-    assert (adapter / WEIGHTS).is_file() and (adapter / "validation.png").is_file()
-    assert len((adapter / "log.jsonl").read_text().splitlines()) == 4
-    drift = json.loads((tmp_path / "demo" / "drift.json").read_text())
-    assert [r["method"] for r in drift["rows"]] == ["lora", "cat"] and all(r["drift_trigger"] > 0 for r in drift["rows"])
-    assert json.loads((adapter / "log.jsonl").read_text().splitlines()[-1])["loss_preservation"] >= 0
-
-
-def test_demo_replaces_only_its_own_folder(tmp_path, capsys):
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "keep.txt").write_text("mine")
-    code, err = run_cli(["demo", "--output", other, "--steps", "1"], capsys)
-    assert code == 2 and "not a demo folder" in err and (other / "keep.txt").is_file()
-    assert main(["demo", "--output", str(tmp_path / "d"), "--steps", "1"]) == 0
-    assert main(["demo", "--output", str(tmp_path / "d"), "--steps", "2"]) == 0  # the main job can be re-run
-    assert len((tmp_path / "d" / "cat" / "log.jsonl").read_text().splitlines()) == 2

@@ -124,7 +124,10 @@ def test_demo_smoke_run_writes_the_table(tmp_path):
     meta = json.loads((out / "demo.json").read_text())
     assert not set(meta["pool_prompts"]) & set(meta["control_prompts"])
     assert "| cat_pool |" in proc.stdout
-    # A second run replaces the demo folder; a foreign folder is refused with one line.
+    # A second run replaces the demo folder (the main job can be re-run); a foreign folder is refused with one line.
+    again = subprocess.run(proc.args[:-1] + ["--seeds", "3", "--cpu"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["cat-seed3", "cat_pool-seed3", "lora-seed3"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.txt").write_text("keep")
