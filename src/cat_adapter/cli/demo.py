@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cat-alpha", type=float, default=d.cat_alpha, help="CAT strength alpha (cat and cat_pool).")
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt,
                    help="Evaluation seeds per prompt.")
-    p.add_argument("--sample-steps", type=int, default=None,
-                   help="Sampling steps of evaluation images (default: the toy model's recommendation, toy info).")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps,
+                   help="Sampling steps of evaluation images (the toy model's recommendation is 30, toy info).")
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.set_defaults(func=run)
 
