@@ -522,6 +522,30 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
     def first(losses: list[float]) -> list[float]:
         return [round(x, 6) for x in losses[:5]]
 
+    def contrastive_stage(name: str, model, *, steps: int, lr: float, warmup: int, final_lr: float = 1.0):
+        """Train a CLIP (stage ``clip`` or ``judge``), save it to state/NAME and record its zero-shot accuracy."""
+        def step_loss(step: int) -> torch.Tensor:
+            px, ids, mask, pos = clip_batch(pool, tokenizer, recipe, step, stage=name)
+            return clip_loss(model, px.to(dev), ids.to(dev), mask.to(dev), pos.to(dev))
+
+        t = time.time()
+        model, losses = run_stage(name, model, step_loss, steps=steps, lr=lr, warmup=warmup,
+                                  weight_decay=recipe["clip"]["weight_decay"], final_lr=final_lr,
+                                  state_dir=state / f"{name}-train", checkpoint_every=recipe["checkpoint_every"],
+                                  stop_after=stop_after, log=log)
+        if stop_after is not None:
+            return {name: first(losses)}
+        with atomic_dir(state / name) as tmp:
+            save_clip_folder(model.cpu(), tokenizer, tmp)
+        from cat_adapter.toy.judge import clip_zero_shot
+
+        acc = clip_zero_shot(str(state / name), n=500, seed=10_000_000)
+        progress[name] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 5),
+                          "zero_shot_500": acc}
+        done(name, t)
+        log(f"[{name}] zero-shot accuracy on 500 fresh images: {acc}")
+        return None
+
     # 1. tokenizer
     if "tokenizer" in stages and "tokenizer" not in progress:
         t = time.time()
@@ -536,26 +560,9 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         torch.manual_seed(seed + 2)
         model = build_clip_model(recipe, tokenizer).to(dev)
         c = recipe["clip"]
-
-        def clip_step(step: int) -> torch.Tensor:
-            px, ids, mask, pos = clip_batch(pool, tokenizer, recipe, step)
-            return clip_loss(model, px.to(dev), ids.to(dev), mask.to(dev), pos.to(dev))
-
-        t = time.time()
-        model, losses = run_stage("clip", model, clip_step, steps=c["steps"], lr=c["lr"], warmup=c["warmup"],
-                                  weight_decay=c["weight_decay"], state_dir=state / "clip-train",
-                                  checkpoint_every=recipe["checkpoint_every"], stop_after=stop_after, log=log)
+        result = contrastive_stage("clip", model, steps=c["steps"], lr=c["lr"], warmup=c["warmup"])
         if stop_after is not None:
-            return {"clip": first(losses)}
-        with atomic_dir(state / "clip") as tmp:
-            save_clip_folder(model.cpu(), tokenizer, tmp)
-        from cat_adapter.toy.judge import clip_zero_shot
-
-        acc = clip_zero_shot(str(state / "clip"), n=500, seed=10_000_000)
-        progress["clip"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 5),
-                            "zero_shot_500": acc}
-        done("clip", t)
-        log(f"[clip] zero-shot accuracy on 500 fresh images: {acc}")
+            return result
 
     # 2b. the evaluation CLIP
     if "judge" in stages and "judge" not in progress:
@@ -563,27 +570,10 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
 
         model = CLIPModel.from_pretrained(str(src / "clip"), dtype=torch.float32).to(dev)
         j = recipe["judge"]
-
-        def judge_step(step: int) -> torch.Tensor:
-            px, ids, mask, pos = clip_batch(pool, tokenizer, recipe, step, stage="judge")
-            return clip_loss(model, px.to(dev), ids.to(dev), mask.to(dev), pos.to(dev))
-
-        t = time.time()
-        model, losses = run_stage("judge", model, judge_step, steps=j["steps"], lr=j["lr"], warmup=j["warmup"],
-                                  weight_decay=recipe["clip"]["weight_decay"], final_lr=j["final_lr_fraction"],
-                                  state_dir=state / "judge-train", checkpoint_every=recipe["checkpoint_every"],
-                                  stop_after=stop_after, log=log)
+        result = contrastive_stage("judge", model, steps=j["steps"], lr=j["lr"], warmup=j["warmup"],
+                                   final_lr=j["final_lr_fraction"])
         if stop_after is not None:
-            return {"judge": first(losses)}
-        with atomic_dir(state / "judge") as tmp:
-            save_clip_folder(model.cpu(), tokenizer, tmp)
-        from cat_adapter.toy.judge import clip_zero_shot
-
-        acc = clip_zero_shot(str(state / "judge"), n=500, seed=10_000_000)
-        progress["judge"] = {"first_losses": first(losses), "final_loss": round(_mean_last(losses, 100), 5),
-                             "zero_shot_500": acc}
-        done("judge", t)
-        log(f"[judge] zero-shot accuracy on 500 fresh images: {acc}")
+            return result
 
     # 3. VAE
     if "vae" in stages and "vae" not in progress:
