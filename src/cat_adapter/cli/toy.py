@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--output", required=True, help="Folder for the build (new, or an interrupted build with --resume).")
     b.add_argument("--resume", action="store_true", help="Continue an interrupted build in --output.")
     b.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+    b.add_argument("--redo", nargs="+", default=(), metavar="STAGE",
+                   help="With --resume: discard these stages (and the stages that read them) and run them again, "
+                   "e.g. after changing their recipe.")
     b.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 if other jobs share the cores).")
     b.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
@@ -89,7 +92,13 @@ def run_build(args: argparse.Namespace) -> int:
     unknown = [x for x in stages if x not in STAGES]
     if unknown:
         raise CatAdapterError(f"--stages: unknown stage {unknown[0]!r}; valid: {', '.join(STAGES)}")
-    build(args.output, resume=args.resume, device=args.device, stages=stages, log=lambda m: print(m, flush=True))
+    for x in args.redo:
+        if x not in STAGES:
+            raise CatAdapterError(f"--redo: unknown stage {x!r}; valid: {', '.join(STAGES)}")
+        if x not in stages:
+            raise CatAdapterError(f"--redo {x}: not among --stages ({' '.join(stages)}); add it there")
+    build(args.output, resume=args.resume, device=args.device, stages=stages, redo=tuple(args.redo),
+          log=lambda m: print(m, flush=True))
     return 0
 
 

@@ -29,6 +29,7 @@ import json
 import math
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,9 @@ from cat_adapter.toy.world import (BACKGROUNDS, COLORS, OUTLINES, PATTERN_WORDS,
                                    caption_named, consistent, render, sample_scene)
 
 STAGES = ("tokenizer", "clip", "judge", "vae", "unet")
+# The stages that read a stage's output: redoing a stage redoes these too.
+DEPENDANTS = {"tokenizer": ("clip", "judge", "unet"), "clip": ("judge", "unet"), "judge": (), "vae": ("unet",),
+              "unet": ()}
 RECIPE: dict[str, Any] = {
     "seed": 0,
     "pool_size": 50000,            # base-world examples: scene i is a pure function of (seed, i)
@@ -56,9 +60,12 @@ RECIPE: dict[str, Any] = {
     "judge": {"steps": 3000, "lr": 5e-4, "warmup": 100, "final_lr_fraction": 0.1},
     "vae": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup": 50, "kl_weight": 1e-6, "channels": [32, 32],
             "latent_channels": 4},
-    "unet": {"steps": 4000, "batch_size": 32, "lr": 8e-4, "warmup": 200, "final_lr_fraction": 0.1,
-             "cfg_dropout": 0.1, "ema_decay": 0.999, "channels": [32, 64, 64], "layers_per_block": 1,
-             "attention_head_dim": 8},
+    # noise_offset: per-image, per-channel constant added to the training noise (offset noise). Flat
+    # colours live in the latents' channel means, which a plain epsilon schedule never fully noises
+    # (alpha_bar at t=999 is 0.005), so without it the sampler's random noise means pick the colour.
+    "unet": {"steps": 6000, "batch_size": 32, "lr": 8e-4, "warmup": 200, "final_lr_fraction": 0.1,
+             "cfg_dropout": 0.1, "ema_decay": 0.999, "noise_offset": 0.1, "channels": [32, 64, 64],
+             "layers_per_block": 1, "attention_head_dim": 8},
     # Recommended sampling settings (toy info), not used by training: measured after the build with
     # benchmarks/toy_quality.py (fill right 64% at guidance 4, 78% at 6, 77% at 7.5, 70% at 10).
     "sampling": {"steps": 30, "guidance_scale": 7.5},
@@ -287,6 +294,8 @@ def unet_loss(unet, scheduler, latents: LatentCache, text_encoder, tokenizer, po
     z0 = (mean + std * torch.randn(mean.shape, generator=g)) * scaling_factor
     noise = torch.randn(z0.shape, generator=g)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=g)
+    if u.get("noise_offset"):
+        noise = noise + u["noise_offset"] * torch.randn((*z0.shape[:2], 1, 1), generator=g)
     zt = scheduler.add_noise(z0, noise, t)
     emb = encode_text(text_encoder, tokenizer, texts, device)
     pred = unet(zt.to(device), t.to(device), emb).sample
@@ -478,27 +487,45 @@ def save_clip_folder(model, tokenizer, folder: Path) -> None:
 
 def build(output: str | Path, *, resume: bool = False, device: str | None = None, recipe: dict | None = None,
           stop_after: int | None = None, stages: tuple[str, ...] = STAGES, inputs: Path | None = None,
-          log: Callable[[str], None] = print) -> dict:
+          redo: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict:
     """Run the build into ``output``; returns the build record (also written to ``output/build.json``).
 
     ``stop_after`` runs every selected stage for only that many steps (a prefix of the real build,
     for checks); ``inputs`` is a finished build whose tokenizer/CLIP/VAE the later stages then use.
+    ``redo`` (with ``resume``) first discards the results and checkpoints of those stages and of the
+    stages that read them, so a recipe change to a stage that already ran can be built.
     """
     recipe = copy.deepcopy(recipe or RECIPE)
     output = Path(output)
     state = output / "state"
     if output.exists() and any(output.iterdir()) and not resume:
         raise CatAdapterError(f"--output {output}: exists and is not empty; choose a new folder or add --resume")
+    redo = tuple(sorted({d for k in redo for d in (k, *DEPENDANTS[k])}, key=STAGES.index))
+    if redo and not resume:
+        raise CatAdapterError("--redo needs --resume (it reruns stages of an existing build)")
     if resume and (state / "recipe.json").is_file():
         saved = json.loads((state / "recipe.json").read_text())
         # A newer recipe may only add sections for stages that have not started (or change the
         # recommended sampling settings, which training does not use).
         changed = [k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k)]
-        started = [k for k in changed if k != "sampling" and (k not in STAGES or k not in recipe
-                   or (state / f"{k}-train").exists() or (state / k).exists())]
+        started = [k for k in changed if k != "sampling" and (k not in STAGES or k not in recipe or (
+                   k not in redo and ((state / f"{k}-train").exists() or (state / k).exists())))]
         if started:
             raise CatAdapterError(f"--resume {output}: that build used another recipe ({', '.join(sorted(started))}); "
-                                  "start a new folder")
+                                  "start a new folder, or rerun those stages with --redo")
+    for k in redo:
+        for path in (state / k, state / f"{k}-train", state / f"done-{k}.json"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        if (state / "progress.json").is_file():  # stages recorded by builds before done-<stage>.json
+            old = json.loads((state / "progress.json").read_text())
+            if k in old:
+                old.pop(k)
+                old.get("seconds", {}).pop(k, None)
+                write_json_atomic(state / "progress.json", old)
+        log(f"[{k}] redo: earlier results and checkpoints removed")
     state.mkdir(parents=True, exist_ok=True)
     write_json_atomic(state / "recipe.json", recipe)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -510,7 +537,7 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
     timings = progress.setdefault("seconds", {})
     if stop_after is None:  # every invocation of a real build: the code that ran each part of it
         with open(state / "invocations.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"command": _command(), "commit": _commit(), "stages": list(stages),
+            fh.write(json.dumps({"command": _command(), "commit": _commit(), "stages": list(stages), "redo": list(redo),
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "threads": torch.get_num_threads(), "device": str(dev),
                                  "done": [k for k in STAGES if k in progress]}) + "\n")
