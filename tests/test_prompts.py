@@ -13,6 +13,7 @@ from cat_adapter.data.prompts import has_trigger, plain_prompt, remove_trigger, 
     ("Sks teapot.", "teapot.", "teapot."),
     ("a photo of sks, on a table", "a photo of, on a table", "a photo of teapot, on a table"),
     ("sks, a photo of a teapot", "a photo of a teapot", "teapot, a photo of a teapot"),
+    ("a sks sks teapot", "a teapot", "a teapot"),
 ])
 def test_trigger_removal_and_replacement(caption, removed, replaced):
     assert remove_trigger(caption, "sks") == removed
@@ -24,6 +25,14 @@ def test_trigger_that_is_a_substring_of_another_word_is_left_alone():
     assert remove_trigger("he asks sks about tasks", "sks") == "he asks about tasks"
     assert has_trigger("a photo of <sks> teapot", "<sks>")
     assert remove_trigger("a photo of <sks> teapot", "<sks>") == "a photo of teapot"
+
+
+def test_bracketed_trigger_touching_a_word():
+    # The brackets are the boundary: "<sks>teapot" holds the trigger, "a<sks" does too.
+    assert remove_trigger("a <sks>teapot", "<sks>") == "a teapot"
+    assert replace_trigger("a <sks>teapot", "<sks>", "teapot") == "a teapot"
+    assert replace_trigger("a <sks> on a table", "<sks>", "teapot") == "a teapot on a table"
+    assert not has_trigger("a <sk> teapot", "<sks>")
 
 
 def test_plain_prompt_modes():

@@ -79,6 +79,31 @@ def test_tokenizer_stage_reproduces_the_shipped_tokenizer(tmp_path):
     assert mine(text).input_ids == shipped(text).input_ids
 
 
+def test_build_redo_reruns_a_changed_stage_and_its_dependants(tmp_path):
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.toy.build import RECIPE, build
+
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["tokenizer"]["captions"] = 2000
+    out = tmp_path / "b"
+    build(out, recipe=recipe, stages=("tokenizer",), log=lambda m: None)
+    state = out / "state"
+    first = json.loads((state / "done-tokenizer.json").read_text())
+    (state / "clip-train").mkdir()          # a started stage that reads the tokenizer
+    (state / "vae-train").mkdir()           # one that does not
+    recipe["tokenizer"]["vocab_size"] = 300
+    with pytest.raises(CatAdapterError, match="--redo"):
+        build(out, recipe=recipe, resume=True, stages=("tokenizer",), log=lambda m: None)
+    build(out, recipe=recipe, resume=True, stages=("tokenizer",), redo=("tokenizer",), log=lambda m: None)
+    again = json.loads((state / "done-tokenizer.json").read_text())
+    assert again["merges"] < first["merges"]  # fewer merges fit
+    assert not (state / "clip-train").exists() and (state / "vae-train").exists()
+    assert json.loads((state / "invocations.jsonl").read_text().splitlines()[-1])["redo"] == ["tokenizer", "clip",
+                                                                                              "judge", "unet"]
+    with pytest.raises(CatAdapterError, match="--resume"):
+        build(tmp_path / "new", recipe=recipe, redo=("tokenizer",), log=lambda m: None)
+
+
 @pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
 def test_build_prefix_gives_the_recorded_losses(tmp_path, stage):
     """Re-run the first steps of a stage from scratch (earlier stages taken from the shipped models).

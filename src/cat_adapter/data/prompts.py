@@ -14,9 +14,14 @@ PRESERVE_MODES = ("remove", "empty", "class")
 
 def trigger_pattern(trigger: str) -> re.Pattern[str]:
     """Regex matching ``trigger`` as a whole word, with an optional possessive and joining hyphen."""
-    word = re.escape(trigger.strip())
-    # Not preceded by a letter/digit/underscore/hyphen/apostrophe; not followed by a letter/digit/underscore.
-    return re.compile(rf"(?<![\w'’-]){word}(?P<poss>['’]s)?(?![\w])(?P<hyphen>-(?=\w))?", re.IGNORECASE)
+    t = trigger.strip()
+    word = re.escape(t)
+    # A trigger that starts (ends) with a word character must not be preceded by a letter, digit,
+    # underscore, hyphen or apostrophe (followed by a letter, digit or underscore). One with a bracket
+    # at that edge, like ``<sks>``, already has its boundary: ``<sks>teapot`` matches.
+    before = r"(?<![\w'’-])" if re.match(r"\w", t) else ""
+    after = r"(?![\w])" if re.search(r"\w$", t) else ""
+    return re.compile(rf"{before}{word}(?P<poss>['’]s)?{after}(?P<hyphen>-(?=\w))?", re.IGNORECASE)
 
 
 def has_trigger(caption: str, trigger: str) -> bool:
@@ -48,7 +53,9 @@ def replace_trigger(caption: str, trigger: str, class_noun: str) -> str:
     ``a teapot on a table``; ``sks's lid`` -> ``teapot's lid``.
     """
     noun = class_noun.strip()
-    follows = re.compile(rf"[\s-]*{re.escape(noun)}(?![\w])", re.IGNORECASE)
+    # The class noun follows, possibly after more triggers: ``a sks sks teapot`` -> ``a teapot``.
+    follows = re.compile(rf"(?:[\s-]*{trigger_pattern(trigger).pattern})*[\s-]*{re.escape(noun)}(?![\w])",
+                         re.IGNORECASE)
 
     def _sub(match: re.Match[str]) -> str:
         if match.group("poss"):
