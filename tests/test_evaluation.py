@@ -299,6 +299,8 @@ def test_report_table_and_pooled_interval(eval_lora, eval_base, tmp_path, capsys
         d.mkdir()
         m = json.loads((eval_lora / "metrics.json").read_text())
         m.update(label="cat", kps=kps)
+        if k == 2:
+            m["leakage"] = None  # a run that measured no leakage (no control prompts)
         (d / "metrics.json").write_text(json.dumps(m))
         runs.append(d)
     rc, out, err = run_cli(["report", eval_base, eval_lora, *runs, "--output", tmp_path / "R"], capsys)
@@ -316,8 +318,12 @@ def test_report_table_and_pooled_interval(eval_lora, eval_base, tmp_path, capsys
     assert abs(float(cat["kps"]) - np.mean(xs)) < 1e-12
     assert abs(float(cat["kps_ci95"]) - t_quantile_975(2) * sd / np.sqrt(3)) < 1e-12
     assert table[0]["kps_ci95"] == "" and table[0]["leakage"] == ""  # one run; base measured no leakage
+    assert cat["leakage_n"] == "2" and table[1]["leakage_n"] == "1" and table[0]["leakage_n"] == "0"
+    assert "kps_n" not in cat  # every run measured kps
     md = (tmp_path / "R" / "table.md").read_text()
     assert "| cat |" in md and "±" in md
+    cat_line = next(line for line in md.splitlines() if line.startswith("| cat |"))
+    assert cat_line.count("(n=2)") == 1 and "(n=" not in next(l for l in md.splitlines() if l.startswith("| lora |"))
     assert Image.open(tmp_path / "R" / "scores.png").format == "PNG"
 
 

@@ -67,8 +67,10 @@ def table_rows(runs: list[dict]) -> tuple[list[str], list[dict], bool]:
     for label, group in labels.items():
         row: dict = {"label": label, "runs": len(group)}
         for c in cols:
-            mean, half = mean_ci95([value(r, c) for r in group])
+            values = [value(r, c) for r in group]
+            mean, half = mean_ci95(values)
             row[c] = mean
+            row[f"{c}_n"] = sum(v is not None for v in values)  # runs that measured this column
             if pooled:
                 row[f"{c}_ci95"] = half
         rows.append(row)
@@ -80,7 +82,9 @@ def _fmt(x: float | None) -> str:
 
 
 def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> None:
-    header = ["label"] + cols + ([f"{c}_ci95" for c in cols] if pooled else []) + ["runs"]
+    partial = [c for c in cols if any(r[f"{c}_n"] != r["runs"] for r in rows)]
+    header = (["label"] + cols + ([f"{c}_ci95" for c in cols] if pooled else []) + [f"{c}_n" for c in partial]
+              + ["runs"])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -90,7 +94,7 @@ def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
     lines = ["| label | " + " | ".join(cols) + " | runs |", "|---" * (len(cols) + 2) + "|"]
     for r in rows:
         cells = [_fmt(r[c]) + (f" ± {_fmt(r[c + '_ci95'])}" if pooled and r.get(c + "_ci95") is not None else "")
-                 for c in cols]
+                 + (f" (n={r[c + '_n']})" if 0 < r[c + "_n"] != r["runs"] else "") for c in cols]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['runs']} |")
     lines += ["", "prompt_score: Eq. 5 (H of cos(text y, image I^{y_T})); identity_score: Eq. 7; kps: Eq. 9 "
               "(1 - H of cos(I^y, I^{y_T})); base_fidelity, class_diversity, leakage: ours (docs/evaluation.md)."]
@@ -98,6 +102,8 @@ def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
         lines.append("concept_rate_*: share of images whose fill, pattern and outline match the concept's look, read "
                      "from pixels (shapes world only), for trigger prompts, class prompts (trigger removed) and "
                      "control prompts.")
+    if partial:
+        lines.append("(n=k): only k of the label's runs measured that column; the mean is over those.")
     if pooled:
         lines.append("± is the half-width of the 95% interval of the mean across a label's runs: "
                      "t_{0.975,n-1} * sd / sqrt(n) over the runs' own scores.")
