@@ -1,6 +1,11 @@
 """LoRA vs CAT vs CAT+pool on five shapes-world concepts (one per shape) x three training seeds.
 
     python benchmarks/toy_concepts.py [--seeds 0 1 2] [--steps 300] [--out runs/toy_concepts]
+                                      [--concepts NAME ...] [--reuse] [--threads N]
+
+``--reuse`` keeps a concept's finished run (same spec and settings) instead of redoing it, so an
+interrupted benchmark continues, and concepts can run in parallel processes (``--concepts`` and
+``--threads 1`` each) before a last ``--reuse`` call over all of them writes the tables.
 
 Settings are fixed up front and identical for every method (``toy.demo.DemoSettings``: steps, lr,
 rank, batch, concept images, seeds, evaluation seeds). Each concept runs ``cat-adapter demo``'s
@@ -15,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,24 +50,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concepts", nargs="+", default=[c["name"] for c in CONCEPTS])
     ap.add_argument("--out", default="runs/toy_concepts", help="Folder for the runs (replaced).")
     ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--reuse", action="store_true", help="Keep finished concept runs with the same spec and settings.")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 per process when running several).")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.concepts) - {c["name"] for c in CONCEPTS})
+    if unknown:
+        ap.error(f"--concepts: unknown {unknown}; valid: {[c['name'] for c in CONCEPTS]}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from cat_adapter.evaluation.metrics import mean_ci95
     from cat_adapter.toy.concept import validate_spec
-    from cat_adapter.toy.demo import DemoSettings, run_demo
+    from cat_adapter.toy.demo import DemoSettings, run_demo, toy_model_id
 
     settings = DemoSettings(seeds=list(args.seeds))
     if args.steps:
         settings.steps = args.steps
     t0 = time.time()
     runs: list[dict] = []
+    seconds: dict[str, float] = {}
     for spec in CONCEPTS:
         if spec["name"] not in args.concepts:
             continue
         spec = validate_spec({**spec, "num_images": 6, "seed": 0}, spec["name"])
         folder = Path(args.out) / spec["name"]
-        print(f"=== {spec['name']} ===", flush=True)
-        run_demo(folder, spec, settings)
+        done = json.loads((folder / "demo.json").read_text()) if (folder / "demo.json").is_file() else {}
+        if (args.reuse and "seconds" in done and done.get("spec") == spec and done.get("settings") == asdict(settings)
+                and done.get("toy_model") == toy_model_id()):
+            print(f"=== {spec['name']}: finished run kept ({done['seconds']:.0f} s) ===", flush=True)
+            seconds[spec["name"]] = done["seconds"]
+        else:
+            print(f"=== {spec['name']} ===", flush=True)
+            seconds[spec["name"]] = run_demo(folder, spec, settings)["seconds"]
         for d in sorted((folder / "eval").iterdir()):
             m = json.loads((d / "metrics.json").read_text())
             runs.append({"concept": spec["name"], "label": m["label"], "eval": d.name,
@@ -90,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / "toy_concepts.md").write_text("\n".join(md) + "\n")
     (results / "toy_concepts.json").write_text(json.dumps(
         {"runs": runs, "settings": {**settings.__dict__}, "concepts": CONCEPTS,
-         "seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
+         "seconds": round(time.time() - t0, 1), "seconds_per_concept": seconds}, indent=1) + "\n")
     print("\n".join(md))
     print(f"\nwrote {results / 'toy_concepts.md'} and toy_concepts.json ({time.time() - t0:.0f} s)")
     return 0

@@ -138,6 +138,16 @@ def comparison_grids(eval_dirs: dict[str, Path], prompt_trigger: str, out: Path)
     return written
 
 
+def toy_model_id() -> str:
+    """A digest of the shipped toy weights' sha256s (from build.json): which models a run used."""
+    import hashlib
+
+    from cat_adapter.toy.assets import build_record
+
+    weights = build_record().get("weights", {})
+    return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: bool = False) -> dict:
     from cat_adapter.config import build_config
     from cat_adapter.evaluation.evaluate import EvalOptions, evaluate
@@ -160,7 +170,7 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
     trigger, noun = spec["trigger"], spec["class_noun"]
     heldout, controls, pool = heldout_prompts(spec), control_prompts(spec, look), pool_prompts(spec)
     check_prompt_sets(pool, controls)
-    write_json_atomic(out / MARKER, {"spec": spec, "look": look, "settings": asdict(settings),
+    write_json_atomic(out / MARKER, {"spec": spec, "look": look, "settings": asdict(settings), "toy_model": toy_model_id(),
                                      "sample_steps": sample_steps, "guidance_scale": guidance,
                                      "heldout_prompts": heldout, "control_prompts": controls, "pool_prompts": pool})
     write_concept(spec, out / "concept")
