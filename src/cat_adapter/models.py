@@ -24,6 +24,16 @@ def is_hub_id(spec: str) -> bool:
             and not Path(spec).exists() and Path(spec).suffix.lower() not in SINGLE_FILE_SUFFIXES)
 
 
+def dtype_kwarg(dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` where diffusers has it (it deprecates
+    ``torch_dtype`` with a FutureWarning), ``torch_dtype`` on older releases."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (diffusers with ``dtype``)
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
 def load_pipeline(
     model: str,
     *,
@@ -44,7 +54,7 @@ def load_pipeline(
     from cat_adapter.toy.assets import resolve
 
     model = resolve(model, "pipeline", option)
-    common = dict(torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    common = dict(**dtype_kwarg(dtype), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
