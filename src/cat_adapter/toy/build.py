@@ -62,7 +62,7 @@ RECIPE: dict[str, Any] = {
             "latent_channels": 4},
     # noise_offset: per-image, per-channel constant added to the training noise (offset noise). Flat
     # colours live in the latents' channel means, which a plain epsilon schedule never fully noises
-    # (alpha_bar at t=999 is 0.005), so without it the sampler's random noise means pick the colour.
+    # (alpha_bar at t=999 is 0.005), so the random means of the sampler's start noise can sway the colour.
     "unet": {"steps": 6000, "batch_size": 32, "lr": 8e-4, "warmup": 200, "final_lr_fraction": 0.1,
              "cfg_dropout": 0.1, "ema_decay": 0.999, "noise_offset": 0.1, "channels": [32, 64, 64],
              "layers_per_block": 1, "attention_head_dim": 8},
@@ -505,8 +505,8 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
         raise CatAdapterError("--redo needs --resume (it reruns stages of an existing build)")
     if resume and (state / "recipe.json").is_file():
         saved = json.loads((state / "recipe.json").read_text())
-        # A newer recipe may only add sections for stages that have not started (or change the
-        # recommended sampling settings, which training does not use).
+        # A newer recipe may only change sections of stages that have not started or are redone (and
+        # the recommended sampling settings, which training does not use).
         changed = [k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k)]
         started = [k for k in changed if k != "sampling" and (k not in STAGES or k not in recipe or (
                    k not in redo and ((state / f"{k}-train").exists() or (state / k).exists())))]
