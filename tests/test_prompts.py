@@ -14,6 +14,8 @@ from cat_adapter.data.prompts import has_trigger, plain_prompt, remove_trigger, 
     ("a photo of sks, on a table", "a photo of, on a table", "a photo of teapot, on a table"),
     ("sks, a photo of a teapot", "a photo of a teapot", "teapot, a photo of a teapot"),
     ("a sks sks teapot", "a teapot", "a teapot"),
+    ("a sks-sks teapot", "a teapot", "a teapot"),
+    ("a sks-sks on a table", "a on a table", "a teapot on a table"),
 ])
 def test_trigger_removal_and_replacement(caption, removed, replaced):
     assert remove_trigger(caption, "sks") == removed

@@ -21,7 +21,8 @@ def trigger_pattern(trigger: str) -> re.Pattern[str]:
     # at that edge, like ``<sks>``, already has its boundary: ``<sks>teapot`` matches.
     before = r"(?<![\w'’-])" if re.match(r"\w", t) else ""
     after = r"(?![\w])" if re.search(r"\w$", t) else ""
-    return re.compile(rf"{before}{word}(?P<poss>['’]s)?{after}(?P<hyphen>-(?=\w))?", re.IGNORECASE)
+    # ``sks-sks`` (the trigger repeated with hyphens) is one match.
+    return re.compile(rf"{before}(?:{word}-)*{word}(?P<poss>['’]s)?{after}(?P<hyphen>-(?=\w))?", re.IGNORECASE)
 
 
 def has_trigger(caption: str, trigger: str) -> bool:
