@@ -89,12 +89,11 @@ def run_build(args: argparse.Namespace) -> int:
     from cat_adapter.toy.build import STAGES
 
     stages = tuple(args.stages or STAGES)
-    unknown = [x for x in stages if x not in STAGES]
-    if unknown:
-        raise CatAdapterError(f"--stages: unknown stage {unknown[0]!r}; valid: {', '.join(STAGES)}")
+    for option, names in (("--stages", stages), ("--redo", args.redo)):
+        unknown = [x for x in names if x not in STAGES]
+        if unknown:
+            raise CatAdapterError(f"{option}: unknown stage {unknown[0]!r}; valid: {', '.join(STAGES)}")
     for x in args.redo:
-        if x not in STAGES:
-            raise CatAdapterError(f"--redo: unknown stage {x!r}; valid: {', '.join(STAGES)}")
         if x not in stages:
             raise CatAdapterError(f"--redo {x}: not among --stages ({' '.join(stages)}); add it there")
     build(args.output, resume=args.resume, device=args.device, stages=stages, redo=tuple(args.redo),

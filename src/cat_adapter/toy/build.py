@@ -519,13 +519,13 @@ def build(output: str | Path, *, resume: bool = False, device: str | None = None
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-        if (state / "progress.json").is_file():  # stages recorded by builds before done-<stage>.json
-            old = json.loads((state / "progress.json").read_text())
-            if k in old:
-                old.pop(k)
-                old.get("seconds", {}).pop(k, None)
-                write_json_atomic(state / "progress.json", old)
         log(f"[{k}] redo: earlier results and checkpoints removed")
+    if redo and (state / "progress.json").is_file():  # stages recorded by builds before done-<stage>.json
+        old = json.loads((state / "progress.json").read_text())
+        for k in redo:
+            old.pop(k, None)
+            old.get("seconds", {}).pop(k, None)
+        write_json_atomic(state / "progress.json", old)
     state.mkdir(parents=True, exist_ok=True)
     write_json_atomic(state / "recipe.json", recipe)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

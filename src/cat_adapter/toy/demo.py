@@ -39,8 +39,9 @@ class DemoSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     images_per_prompt: int = 3       # evaluation seeds 0..N-1 per prompt
     sample_steps: int | None = 20    # None: the toy model's recommendation (toy info: 30); 20 keeps the demo near 5 min
-    # 4, not the toy model's 7.5: adapted models saturate towards white at 7.5 (measured on the demo's
-    # LoRA: 0/6 images kept the concept's blue fill at 7.5, 3/6 at 3).
+    # 4, not the toy model's 7.5: adapted models saturated towards white at 7.5 (measured on the demo's
+    # LoRA with the first toy U-Net: 0/6 images kept the concept's blue fill at 7.5, 3/6 at 3; not
+    # re-measured on the shipped U-Net).
     guidance_scale: float | None = 4.0
     pool_size: int = 1               # pool prompts per step for cat_pool
 
