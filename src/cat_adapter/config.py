@@ -20,18 +20,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from cat_adapter.errors import CatAdapterError
-
-REQUIRED = object()  # marker for options without a default
-
-
-def opt(default: Any = REQUIRED, help: str = "", *, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field: its default, its help text and, for string enums, its choices."""
-    meta = {"help": help, "choices": choices, "required": default is REQUIRED}
-    if default is REQUIRED:
-        return field(default=None, metadata=meta)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from cat_adapter.methods import registry
+from cat_adapter.options import REQUIRED, check, opt  # noqa: F401  (REQUIRED re-exported)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,24 +60,13 @@ class DataConfig:
         "remove", "How the trigger-free prompt y of Eq. 3 is made from each caption y_T: remove the trigger "
         "(paper, Eq. 3), empty prompt (Fig. 2's 'unconditioned'), or class (trigger -> class noun).",
         choices=("remove", "empty", "class"))
-    preserve_pool: str | None = opt(None, "Text file of extra trigger-free prompts (one per line) that the "
-                                    "preservation term also covers (other classes, other attributes).")
-    preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
-                                  "terms are averaged with the caption's.")
 
 
 @dataclass
 class MethodConfig:
-    method: str = opt("cat", "Training method.", choices=("lora", "cat"))
-    cat_alpha: float = opt(1.0, "CAT strength alpha of Eq. 3 (0 gives plain LoRA's update).")
-    cat_mode: str = opt("lean", "CAT execution: lean backpropagates the identity term before the "
-                        "preservation passes (memory near LoRA's); fast runs the adapted U-Net once on "
-                        "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
-    rank: int = opt(4, "LoRA rank r.")
-    lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); none means rank.")
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
-    target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
-                                    "U-Net modules that get LoRA (comma-separated names).")
+    method: str = opt("cat", "Training method: " + "; ".join(f"{n}: {registry.get_spec(n).description}"
+                                                          for n in registry.method_names()),
+                      choices=tuple(registry.method_names()))
 
 
 @dataclass
@@ -131,67 +110,73 @@ class RunConfig:
     validation_guidance_scale: float = opt(7.5, "Classifier-free guidance scale of validation images.")
 
 
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+def _validate(self, given: set[str] | None = None) -> "TrainConfig":
+    """Check values that can be checked without touching files; raise naming the option.
 
-    def validate(self) -> "TrainConfig":
-        """Check values that can be checked without touching files; raise naming the option."""
-        for section in sections(self):
-            for f in dataclasses.fields(section):
-                if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
-                    raise CatAdapterError(f"missing required option {flag(f.name)}")
-        d, m, o, r = self.data, self.method, self.optim, self.run
-        for section in sections(self):
-            for f in dataclasses.fields(section):
-                value = getattr(section, f.name)
-                if isinstance(value, float):
-                    _check(math.isfinite(value), flag(f.name), f"must be a finite number (got {value})")
-        _check(m.cat_alpha >= 0, "--cat-alpha", f"must be >= 0 (got {m.cat_alpha})")
-        _check(0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1, "--adam-beta1/--adam-beta2", "must be in [0, 1)")
-        _check(o.adam_epsilon > 0, "--adam-epsilon", f"must be > 0 (got {o.adam_epsilon})")
-        _check(o.weight_decay >= 0, "--weight-decay", f"must be >= 0 (got {o.weight_decay})")
-        _check(0 <= r.seed < 2**32, "--seed", f"must be in [0, 2**32) (got {r.seed})")
-        _check(r.validation_steps >= 1, "--validation-steps", "must be >= 1")
-        _check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
-        _check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
-        _check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
-        _check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")
-        _check(o.lr_warmup_steps >= 0, "--lr-warmup-steps", "must be >= 0")
-        _check(o.max_grad_norm >= 0, "--max-grad-norm", "must be >= 0 (0 disables clipping)")
-        _check(m.rank > 0, "--rank", f"must be >= 1 (got {m.rank})")
-        _check(m.lora_alpha is None or m.lora_alpha > 0, "--lora-alpha", "must be > 0")
-        _check(0 <= m.lora_dropout < 1, "--lora-dropout", "must be in [0, 1)")
-        _check(len(m.target_modules) > 0, "--target-modules", "must name at least one module")
-        _check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
-               f"must be a positive multiple of 8 (got {d.resolution})")
-        _check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
-               f"must be one word without spaces (got {d.trigger!r})")
-        _check(d.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
-        needs_class = "{class_noun}" in d.caption_template or d.preserve_prompt == "class"
-        _check(not needs_class or bool(d.class_noun), "--class-noun",
-               "is required by the caption template and by --preserve-prompt class")
-        _check("{trigger}" in d.caption_template, "--caption-template", "must contain {trigger}")
-        for name in ("save_every", "checkpoint_every", "validation_every"):
-            _check(getattr(r, name) >= 0, flag(name), "must be >= 0")
-        _check(r.checkpoints_limit is None or r.checkpoints_limit > 0, "--checkpoints-limit", "must be >= 1")
-        _check(r.validation_images > 0, "--validation-images", "must be >= 1")
-        _check(not (r.resume and r.overwrite), "--resume", "cannot be combined with --overwrite")
-        if m.lora_alpha is None:
-            m.lora_alpha = float(m.rank)  # resolved here so the saved config holds the value used
-        return self
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+    ``given``: the option names set explicitly (file or flags). One the method does not read is an error.
+    """
+    spec = registry.get_spec(self.method.method)
+    for section in sections(self):
+        for f in dataclasses.fields(section):
+            if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
+                raise CatAdapterError(f"missing required option {flag(f.name)}")
+            value = getattr(section, f.name)
+            if isinstance(value, float):
+                check(math.isfinite(value), flag(f.name), f"must be a finite number (got {value})")
+    d, o, r = self.data, self.optim, self.run
+    check(0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1, "--adam-beta1/--adam-beta2", "must be in [0, 1)")
+    check(o.adam_epsilon > 0, "--adam-epsilon", f"must be > 0 (got {o.adam_epsilon})")
+    check(o.weight_decay >= 0, "--weight-decay", f"must be >= 0 (got {o.weight_decay})")
+    check(0 <= r.seed < 2**32, "--seed", f"must be in [0, 2**32) (got {r.seed})")
+    check(r.validation_steps >= 1, "--validation-steps", "must be >= 1")
+    check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
+    check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
+    check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
+    check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")
+    check(o.lr_warmup_steps >= 0, "--lr-warmup-steps", "must be >= 0")
+    check(o.max_grad_norm >= 0, "--max-grad-norm", "must be >= 0 (0 disables clipping)")
+    check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
+          f"must be a positive multiple of 8 (got {d.resolution})")
+    check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
+          f"must be one word without spaces (got {d.trigger!r})")
+    needs_class = "{class_noun}" in d.caption_template or d.preserve_prompt == "class"
+    check(not needs_class or bool(d.class_noun), "--class-noun",
+          "is required by the caption template and by --preserve-prompt class")
+    check("{trigger}" in d.caption_template, "--caption-template", "must contain {trigger}")
+    for name in ("save_every", "checkpoint_every", "validation_every"):
+        check(getattr(r, name) >= 0, flag(name), "must be >= 0")
+    check(r.checkpoints_limit is None or r.checkpoints_limit > 0, "--checkpoints-limit", "must be >= 1")
+    check(r.validation_images > 0, "--validation-images", "must be >= 1")
+    check(not (r.resume and r.overwrite), "--resume", "cannot be combined with --overwrite")
+    if spec.check is not None:
+        spec.check(self, set(given or ()))
+    index = field_index(type(self))
+    unused = [n for n in (given or ()) if n in index and index[n][0] in registry.sections()
+              and index[n][0] not in spec.sections]
+    if unused:
+        raise CatAdapterError(f"{flag(unused[0])} is not an option of --method {spec.name} (it reads: "
+                              f"{', '.join(spec.sections) or 'no method options'})")
+    for name in spec.sections:
+        getattr(self, name).validate(self)
+    return self
 
 
-def _check(ok: bool, option: str, message: str) -> None:
-    if not ok:
-        raise CatAdapterError(f"{option} {message}")
+def _to_dict(self) -> dict[str, dict[str, Any]]:
+    """The sections this run's method reads (the others hold only defaults and are left out)."""
+    used = set(registry.get_spec(self.method.method).sections)
+    return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)
+            if f.name not in registry.sections() or f.name in used}
+
+
+# Sections in order: what is trained (model, data, method, the method sections, optim) apart from how it
+# runs (run). The method sections come from the registry (methods/*/config.py).
+_CORE_FIRST = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig))
+_CORE_LAST = (("optim", OptimConfig), ("run", RunConfig))
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [(name, cls, field(default_factory=cls)) for name, cls in (*_CORE_FIRST, *registry.sections().items(), *_CORE_LAST)],
+    namespace={"validate": _validate, "to_dict": _to_dict, "__module__": __name__,
+               "__doc__": "The resolved configuration of one training run, section by section."})
 
 
 def sections(cfg: Any) -> list[Any]:
@@ -272,7 +257,7 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
         if k in section_names and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 sk = str(sub_key).replace("-", "_")
-                if sk not in index or index[sk][0] != k:
+                if sk not in index:  # a known option under another section (an older layout) is accepted
                     raise CatAdapterError(f"{source}: unknown key '{k}.{sub_key}'")
                 flat[sk] = sub_value
         elif k in index:
@@ -303,7 +288,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, *,
                  file_source: str | None = None) -> TrainConfig:
-    """Defaults <- file values <- overrides, coerced to their types and validated.
+    """Defaults <- the method's defaults <- file values <- overrides, coerced to their types and validated.
 
     ``file_source`` (e.g. ``--config run.yaml``) prefixes errors about values that came from the file.
     """
@@ -316,11 +301,19 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
             return CatAdapterError(f"{file_source}: {exc}")
         return exc
 
-    merged: dict[str, dict[str, Any]] = {}
     for source in (file_values, overrides):
-        for name, value in source.items():
+        for name in source:
             if name not in index:
                 raise CatAdapterError(f"unknown option {flag(name)}")
+    method_field = index["method"][1]
+    try:
+        method = coerce("method", overrides.get("method", file_values.get("method", method_field.default)),
+                        str, method_field.metadata["choices"])
+    except CatAdapterError as exc:
+        raise located(exc, "method" if "method" not in overrides else None) from None
+    merged: dict[str, dict[str, Any]] = {}
+    for source in (registry.get_spec(method).defaults, file_values, overrides):
+        for name, value in source.items():
             sec, f, typ = index[name]
             try:
                 merged.setdefault(sec, {})[name] = coerce(name, value, typ, f.metadata.get("choices"))
@@ -329,7 +322,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     hints = get_type_hints(TrainConfig)
     kwargs = {sec.name: hints[sec.name](**merged.get(sec.name, {})) for sec in dataclasses.fields(TrainConfig)}
     try:
-        return TrainConfig(**kwargs).validate()
+        return TrainConfig(**kwargs).validate(set(file_values) | set(overrides))
     except CatAdapterError as exc:
         first = str(exc).split(" ", 1)[0]
         raise located(exc, first[2:].replace("-", "_") if first.startswith("--") else None) from None
@@ -350,13 +343,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         for f in dataclasses.fields(sec_cls):
             typ = sec_hints[f.name]
             help_text = f.metadata.get("help", "")
+            per_method = "".join(f"; {m}: {registry.get_spec(m).defaults[f.name]}" for m in registry.method_names()
+                                 if f.name in registry.get_spec(m).defaults)
             if f.metadata.get("required"):
                 help_text += " (required)"
             elif f.default is not dataclasses.MISSING:
-                help_text += f" (default: {f.default})"
+                help_text += f" (default: {f.default}{per_method})"
             elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 default = f.default_factory()  # type: ignore[misc]
-                help_text += f" (default: {','.join(default) if isinstance(default, list) else default})"
+                help_text += f" (default: {','.join(default) if isinstance(default, list) else default}{per_method})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                       "help": help_text.replace("%", "%%")}
             if typ is bool:
@@ -383,7 +378,13 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_e
 def resume_mismatch(saved: TrainConfig, current: TrainConfig) -> list[str]:
     """Options that differ between the saved run and the resumed one and would change the result."""
     diffs = []
-    for sec_saved, sec_now in zip(sections(saved), sections(current)):
+    if saved.method.method != current.method.method:
+        return [f"--method ({saved.method.method!r} -> {current.method.method!r})"]
+    used = set(registry.get_spec(current.method.method).sections)
+    for f_sec in dataclasses.fields(saved):
+        if f_sec.name in registry.sections() and f_sec.name not in used:
+            continue
+        sec_saved, sec_now = getattr(saved, f_sec.name), getattr(current, f_sec.name)
         for f in dataclasses.fields(sec_saved):
             if f.name in RESUME_MAY_CHANGE:
                 continue

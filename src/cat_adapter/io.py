@@ -61,3 +61,30 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_folder(output: str | os.PathLike, *, markers: tuple[str, ...], kind: str, overwrite: bool = False,
+                        resume: bool = False, option: str = "--output") -> str:
+    """The one output-folder check: ``fresh`` (new or empty), ``resume`` or ``overwrite``; nothing is written.
+
+    A folder with files is refused unless ``--resume`` (where the kind allows it) or ``--overwrite``, and
+    ``--overwrite`` only replaces a folder this package wrote (one of ``markers`` inside), never a
+    folder of other files.
+    """
+    from cat_adapter.errors import CatAdapterError
+
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise CatAdapterError(f"{option} {out}: is a file; give a folder path")
+    if not out.exists() or not any(out.iterdir()):
+        return "fresh"
+    if resume:
+        return "resume"
+    if not overwrite:
+        hint = "pass --resume to continue it or --overwrite to start again" if "config.yaml" in markers \
+            else "pass --overwrite to replace it"
+        raise CatAdapterError(f"{option} {out}: folder exists; {hint}")
+    if not any((out / m).is_file() for m in markers):
+        raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to replace it "
+                              "with --overwrite, choose another folder")
+    return "overwrite"

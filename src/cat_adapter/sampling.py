@@ -11,32 +11,38 @@ from PIL import Image, ImageDraw, ImageFont
 from cat_adapter.io import atomic_path
 
 
-def seeded_latents(pipe, seeds: list[int], *, height: int, width: int) -> torch.Tensor:
+def seeded_latents(model, seeds: list[int], *, height: int, width: int) -> torch.Tensor:
     """Initial latents, one CPU generator per seed, so an image depends only on its seed, not on its batch."""
-    c = pipe.unet.config.in_channels
-    f = pipe.vae_scale_factor
-    shape = (1, c, height // f, width // f)
+    shape = (1, *model.latent_shape(height, width))
     return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int = 30, guidance_scale: float = 7.5,
+def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 30, guidance_scale: float = 7.5,
              height: int | None = None, width: int | None = None, lora_scale: float | None = None,
              negative_prompt: str | None = None, batch_size: int = 8) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, batched; the same seed gives the same initial noise."""
+    """One image per (prompt, seed) pair, batched; the same seed gives the same initial noise.
+
+    Each image also gets its own generator (seeded by its seed, after its initial noise), so stochastic
+    samplers draw the same randomness for an image whatever its batch; the global RNG is not touched.
+    Prompts are rewritten for added tokens (``sks`` -> ``<sks>``) as the adapter recorded.
+    """
     assert len(prompts) == len(seeds)
-    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pipe = model.pipe
+    height = height or model.default_resolution
+    width = width or model.default_resolution
     device = pipe._execution_device
-    dtype = pipe.unet.dtype
+    dtype = model.denoiser.dtype
     images: list[Image.Image] = []
-    kwargs = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
+    kwargs = model.pipeline_kwargs(lora_scale)
     for i in range(0, len(prompts), batch_size):
-        p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
-        latents = seeded_latents(pipe, s, height=height, width=width).to(device, dtype)
-        out = pipe(prompt=p, negative_prompt=[negative_prompt] * len(p) if negative_prompt else None,
-                   latents=latents, num_inference_steps=steps, guidance_scale=guidance_scale,
-                   height=height, width=width, output_type="pil", **kwargs)
+        p, s = [model.text.rewrite(x) for x in prompts[i:i + batch_size]], seeds[i:i + batch_size]
+        latents = seeded_latents(model, s, height=height, width=width).to(device, dtype)
+        generators = [torch.Generator().manual_seed(int(x) + 1) for x in s]
+        with torch.random.fork_rng(devices=[]):
+            out = pipe(prompt=p, negative_prompt=[negative_prompt] * len(p) if negative_prompt else None,
+                       latents=latents, num_inference_steps=steps, guidance_scale=guidance_scale,
+                       height=height, width=width, output_type="pil", generator=generators, **kwargs)
         images.extend(out.images)
     return images
 
@@ -93,14 +99,15 @@ def pick_device(cpu: bool = False) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: int, num_images: int, output: Path,
+def sample_to_folder(*, model: str, adapter: str | None, prompts: list[str], seed: int, num_images: int, output: Path,
                      lora_scale: float = 1.0, steps: int = 30, guidance_scale: float = 7.5,
                      resolution: int | None = None, batch_size: int = 4, negative_prompt: str | None = None,
                      single_file_config: str | None = None, allow_pickle: bool = False, cpu: bool = False,
                      overwrite: bool = False) -> list[Path]:
     """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``."""
+    from cat_adapter.adapters import load_adapter
     from cat_adapter.errors import CatAdapterError
-    from cat_adapter.models import load_lora, load_pipeline, lora_weight_file
+    from cat_adapter.models import ModelSpec, load_model
 
     for name, value in (("--num-images", num_images), ("--steps", steps), ("--batch-size", batch_size)):
         if value < 1:
@@ -114,18 +121,18 @@ def sample_to_folder(*, model: str, lora: str | None, prompts: list[str], seed: 
         raise CatAdapterError(f"--output {output}: is a file; give a folder path")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise CatAdapterError(f"--output {output}: folder is not empty; pass --overwrite to replace its images")
-    if lora and lora.lower() == "none":
-        lora = None
-    if lora:
-        lora_weight_file(lora, allow_pickle=allow_pickle)  # a missing LoRA fails before the model loads
-    pipe = load_pipeline(model, single_file_config=single_file_config, allow_pickle=allow_pickle)
-    if lora:
-        load_lora(pipe, lora, allow_pickle=allow_pickle)
-    pipe.to(pick_device(cpu))
+    if adapter and adapter.strip().lower() == "none":
+        adapter = None
+    found = load_adapter(adapter, allow_pickle=allow_pickle) if adapter else None  # fails before the model loads
+    m = load_model(ModelSpec(model, single_file_config=single_file_config, allow_pickle=allow_pickle))
+    if found:
+        found.apply(m, lora_scale)
+    m.to(pick_device(cpu))
     seeds = [seed + i for i in range(num_images)]
-    images = generate(pipe, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=steps,
+    images = generate(m, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=steps,
                       guidance_scale=guidance_scale, height=resolution, width=resolution,
-                      lora_scale=lora_scale if lora else None, negative_prompt=negative_prompt, batch_size=batch_size)
+                      lora_scale=found.lora_scale if found else None, negative_prompt=negative_prompt,
+                      batch_size=batch_size)
     if output.exists() and overwrite:
         for old in list(output.glob("*-seed*.png")) + [output / "grid.png"]:
             old.unlink(missing_ok=True)

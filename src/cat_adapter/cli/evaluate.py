@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embed with CLIP and write metrics.json, pairs.csv (every cosine), manifest.csv, images/ and grid.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Base model: hub id, diffusers folder, single-file .safetensors, or toy (the built-in shapes world).")
-    p.add_argument("--lora", required=True, help="LoRA output folder (or its .safetensors file), or none for the base model.")
+    p.add_argument("--adapter", "--lora", dest="adapter", required=True,
+                   help="Adapter: a cat-adapter output folder (any method), a diffusers LoRA folder or .safetensors, "
+                   "a kohya LoRA file, a learned_embeds.safetensors; or none for the base model. --lora is an alias.")
     p.add_argument("--data", required=True, help="Concept folder (images with optional .txt captions).")
     p.add_argument("--output", required=True, help="Evaluation folder to write.")
     p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the shapes-world CLIP).")
@@ -36,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5, help="Classifier-free guidance scale.")
     p.add_argument("--batch-size", type=int, default=8, help="Images per generation batch.")
     p.add_argument("--lora-scale", type=float, default=1.0, help="Multiplier of the LoRA update.")
+    p.add_argument("--drift-samples", type=int, default=8,
+                   help="z_t draws per trigger-free prompt for drift_plain (mean squared change of the noise "
+                   "prediction against the base model); 0 skips it.")
     p.add_argument("--resolution", type=int, default=None, help="Image size (default: the model's).")
     p.add_argument("--hm-epsilon", type=float, default=DEFAULT_EPSILON,
                    help="Cosines <= this are clamped to it before the harmonic mean (and counted).")
@@ -63,4 +68,5 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_line(m: dict) -> str:
     keys = ("prompt_score", "identity_score", "kps", "base_fidelity", "class_diversity", "leakage")
-    return f"{m['label']}: " + ", ".join(f"{k} {'n/a' if m.get(k) is None else format(m[k], '.4f')}" for k in keys)
+    line = f"{m['label']}: " + ", ".join(f"{k} {'n/a' if m.get(k) is None else format(m[k], '.4f')}" for k in keys)
+    return line + (f", drift_plain {m['drift_plain']:.3g}" if m.get("drift_plain") is not None else "")

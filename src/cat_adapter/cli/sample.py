@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="Generate images with a base model and an optional LoRA.",
+    p = sub.add_parser("sample", help="Generate images with a base model and an optional adapter.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Hub id, diffusers folder, single-file .safetensors, or toy (the built-in shapes world).")
-    p.add_argument("--lora", default=None, help="LoRA output folder (or its .safetensors file); none for the base model.")
+    p.add_argument("--adapter", "--lora", dest="adapter", default=None,
+                   help="Adapter: a cat-adapter output folder (any method), a diffusers LoRA folder or .safetensors, "
+                   "a kohya LoRA file, a learned_embeds.safetensors; none (or omitted) for the base model. --lora is an "
+                   "alias.")
     p.add_argument("--lora-scale", type=float, default=1.0, help="Multiplier of the LoRA update.")
     p.add_argument("--prompt", required=True, action="append", help="Prompt; repeat for several.")
     p.add_argument("--negative-prompt", default=None, help="Negative prompt.")
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from cat_adapter.sampling import sample_to_folder
 
     files = sample_to_folder(
-        model=args.model, lora=args.lora, lora_scale=args.lora_scale, prompts=args.prompt, seed=args.seed,
+        model=args.model, adapter=args.adapter, lora_scale=args.lora_scale, prompts=args.prompt, seed=args.seed,
         num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
         resolution=args.resolution, batch_size=args.batch_size, negative_prompt=args.negative_prompt,
         single_file_config=args.single_file_config, allow_pickle=args.allow_pickle, cpu=args.cpu, overwrite=args.overwrite,

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.set_defaults(func=run_samples)
     b = toy.add_parser("build", help="Retrain the toy tokenizer, CLIP, VAE and U-Net from scratch (hours on a CPU).",
                        description="Trains the shapes world's models from scratch with the fixed recipe "
-                       "(cat_adapter/toy/build.py) and writes OUTPUT/pipeline, OUTPUT/clip and OUTPUT/build.json "
+                       "(cat_adapter/toy/build/) and writes OUTPUT/pipeline, OUTPUT/clip and OUTPUT/build.json "
                        "(command, recipe, versions, commit, sha256 of every weight file). Checkpoints every 250 "
                        "steps; --resume continues an interrupted build. Uses a GPU when one is present.")
     b.add_argument("--output", required=True, help="Folder for the build (new, or an interrupted build with --resume).")

@@ -8,10 +8,11 @@ from cat_adapter.config import add_config_arguments, build_config, load_config_f
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="Train a LoRA or CAT adapter on a concept folder.",
-                       description="Train a personalization LoRA on a Stable Diffusion U-Net, with the CAT "
-                       "loss (paper Eq. 3) or without it (--method lora). Every option can also come from "
-                       "--config FILE.yaml; flags override the file.",
+    p = sub.add_parser("train", help="Train an adapter (CAT, LoRA, DreamBooth, Textual Inversion) on a concept folder.",
+                       description="Train a personalization adapter: --method cat (LoRA with the CAT loss, paper "
+                       "Eq. 3), lora, dreambooth (full fine-tune with prior preservation) or ti (textual inversion). "
+                       "Defaults are per method (see the method defaults in the README). Every option can also "
+                       "come from --config FILE.yaml; flags override the file.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of options (flat, or in the sections of OUT/config.yaml).")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
@@ -26,5 +27,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(load_config_file(args.config) if args.config else {}, given,
                        file_source=f"--config {args.config}" if args.config else None)
     out = train(cfg, progress=not args.no_progress)
-    print(f"saved {out / 'pytorch_lora_weights.safetensors'}")
+    import json
+
+    done = json.loads((out / "done.json").read_text())
+    print(f"saved {', '.join(str(out / f) for f in done['files'])} and {out / 'adapter.json'}")
     return 0

@@ -1,126 +1,166 @@
-"""Per-run caches (VAE latent distributions, text embeddings) and the seeded batch sampler.
+"""Per-run caches (VAE latent distributions, text embeddings) and the one seeded data stream.
 
-The text encoder and the VAE are frozen, so each image is encoded once (both flips when
-flipping) and each caption once; every step samples a latent from the cached distribution.
-All randomness of the data (order, flips, latent samples, noise, timesteps, pool prompts) comes
-from one CPU ``torch.Generator``, so the stream is the same on every device and the model's own
-randomness (LoRA dropout) cannot shift it.
+The VAE is frozen, so each image is encoded once (both flips when flipping); each prompt without a
+trainable token is encoded once, the others are kept as token ids and encoded in the step. Every
+step samples a latent from the cached distribution.
+
+All randomness of the data (order, flips, latent samples, noise, timesteps, pool prompts, class
+images) comes from one CPU ``torch.Generator``. The stream is global: each step draws the batch of
+all processes together (``batch_size * num_processes`` rows) and a process keeps its slice, so N
+processes with batch b see exactly what one process with batch N * b sees, every process holds
+the same stream state, and a checkpoint of that one state restores every rank's data.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from cat_adapter.data.concept import ConceptItem, image_to_tensor, open_image, resize_center_crop
-from cat_adapter.diffusion import sample_timesteps
-from cat_adapter.methods.base import Batch
-
-log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, device: torch.device | str = "cpu",
-                   chunk: int = 16) -> torch.Tensor:
-    """Text embeddings tau(y) as Stable Diffusion's pipeline computes them: (N, L, D), last hidden state."""
-    max_len = tokenizer.model_max_length
-    for p in prompts:
-        n = len(tokenizer(p, truncation=False).input_ids)
-        if n > max_len:
-            log.warning("prompt is %d tokens, truncated to %d: %r", n, max_len, p[:80])
-    out = []
-    for i in range(0, len(prompts), chunk):
-        ids = tokenizer(prompts[i:i + chunk], padding="max_length", max_length=max_len, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        out.append(text_encoder(ids)[0].float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def encode_images(vae, images: list[Image.Image], *, device: torch.device | str, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the VAE posterior q(z|x) for each image: two (N, C, h, w) float32 tensors."""
-    means, stds = [], []
-    dtype = next(vae.parameters()).dtype
-    for i in range(0, len(images), chunk):
-        x = torch.stack([image_to_tensor(im) for im in images[i:i + chunk]]).to(device, dtype)
-        dist = vae.encode(x).latent_dist
-        means.append(dist.mean.float().cpu())
-        stds.append(dist.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
+from cat_adapter.data.batch import Batch, Noised, Prompts
+from cat_adapter.data.concept import image_to_tensor, open_image, resize_center_crop
+from cat_adapter.models.base import Cond, TokenIds
 
 
 @dataclass
-class ConceptCache:
-    latent_mean: torch.Tensor          # (F, N, C, h, w); F = 2 when flipped copies are cached
-    latent_std: torch.Tensor           # (F, N, C, h, w)
-    emb_trigger: torch.Tensor          # (N, L, D) tau(y_T)
-    emb_plain: torch.Tensor            # (N, L, D) tau(y)
-    emb_pool: torch.Tensor | None      # (P, L, D) tau(pool prompts)
+class ImageSet:
+    latent_mean: torch.Tensor    # (F, N, C, h, w); F = 2 when flipped copies are cached
+    latent_std: torch.Tensor     # (F, N, C, h, w)
+    prompts: Prompts             # (N rows) the caption of each image
+    plain: Prompts | None = None  # (N rows) its trigger-free prompt y (instance images)
+
+    def __len__(self) -> int:
+        return self.latent_mean.shape[1]
+
+
+@dataclass
+class TrainingCache:
+    instance: ImageSet
+    pool: Prompts | None             # (P rows) extra trigger-free prompts (--preserve-pool)
+    prior: ImageSet | None           # class images (DreamBooth's prior term)
     scaling_factor: float
     shift_factor: float
 
 
-def build_cache(pipe, items: list[ConceptItem], *, resolution: int, random_flip: bool, device: torch.device | str,
-                pool_prompts: list[str] | None = None) -> ConceptCache:
-    images = [resize_center_crop(open_image(it.image_path), resolution) for it in items]
+def encode_latents(model, paths: list[Path], *, resolution: int, random_flip: bool, option: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    images = [resize_center_crop(open_image(p, option), resolution) for p in paths]
     variants = [images] + ([[im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]] if random_flip else [])
-    encoded = [encode_images(pipe.vae, v, device=device) for v in variants]
-    emb = encode_prompts(pipe.tokenizer, pipe.text_encoder, [it.caption for it in items] + [it.plain for it in items]
-                         + list(pool_prompts or []), device=device)
-    n = len(items)
-    cfg = pipe.vae.config
-    return ConceptCache(
-        latent_mean=torch.stack([m for m, _ in encoded]), latent_std=torch.stack([s for _, s in encoded]),
-        emb_trigger=emb[:n], emb_plain=emb[n:2 * n], emb_pool=emb[2 * n:] if pool_prompts else None,
-        scaling_factor=float(cfg.scaling_factor), shift_factor=float(getattr(cfg, "shift_factor", None) or 0.0))
+    encoded = [model.encode_images(torch.stack([image_to_tensor(im) for im in v])) for v in variants]
+    return torch.stack([m for m, _ in encoded]), torch.stack([s for _, s in encoded])
 
 
-class BatchSampler:
-    """Draws micro-batches: images without replacement per epoch, a flip, z_0 ~ q(z|x), eps, t, pool prompts."""
+def encode_prompt_sets(text, sets: list[list[str]], *, device) -> list[Prompts]:
+    """Each list of prompts as a ``Cond`` when none holds a trainable token (all cacheable lists are
+    encoded in one call, in order), else as ``TokenIds`` to encode in the step."""
+    cacheable = [all(text.cacheable(p) for p in s) for s in sets]
+    flat = [p for s, c in zip(sets, cacheable) if c for p in s]
+    cond = text.encode(flat, device=device) if flat else None
+    out: list[Prompts] = []
+    pos = 0
+    for s, c in zip(sets, cacheable):
+        if c:
+            out.append(cond[pos:pos + len(s)])
+            pos += len(s)
+        else:
+            out.append(TokenIds(text.tokenize(s)))
+    return out
 
-    def __init__(self, cache: ConceptCache, *, batch_size: int, pool_size: int, num_train_timesteps: int, seed: int):
-        self.cache = cache
-        self.batch_size = batch_size
-        self.pool_size = 0 if cache.emb_pool is None else min(pool_size, cache.emb_pool.shape[0])
-        self.num_train_timesteps = num_train_timesteps
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-        self.position = 0
 
-    def _indices(self) -> list[int]:
-        n = self.cache.emb_trigger.shape[0]
+def build_cache(model, items: list, *, resolution: int, random_flip: bool, device, pool_prompts: list[str] | None = None,
+                class_images: list[tuple[Path, str]] | None = None) -> TrainingCache:
+    """``items``: the concept's ConceptItems; ``class_images``: (image, prompt) pairs of the prior term."""
+    mean, std = encode_latents(model, [it.image_path for it in items], resolution=resolution,
+                               random_flip=random_flip, option="--data")
+    sets = [[it.caption for it in items], [it.plain for it in items]]
+    if pool_prompts:
+        sets.append(list(pool_prompts))
+    if class_images:
+        sets.append([p for _, p in class_images])
+    encoded = encode_prompt_sets(model.text, sets, device=device)
+    instance = ImageSet(mean, std, encoded[0], encoded[1])
+    pool = encoded[2] if pool_prompts else None
+    prior = None
+    if class_images:
+        c_mean, c_std = encode_latents(model, [p for p, _ in class_images], resolution=resolution,
+                                       random_flip=random_flip, option="--class-data")
+        prior = ImageSet(c_mean, c_std, encoded[-1])
+    scale, shift = model.latent_scale
+    return TrainingCache(instance, pool, prior, scale, shift)
+
+
+class _Order:
+    """Images without replacement per epoch: a new permutation whenever one is used up."""
+
+    def __init__(self, n: int):
+        self.n, self.order, self.position = n, [], 0
+
+    def take(self, k: int, g: torch.Generator) -> list[int]:
         out = []
-        for _ in range(self.batch_size):
+        for _ in range(k):
             if self.position >= len(self.order):
-                self.order = torch.randperm(n, generator=self.generator).tolist()
+                self.order = torch.randperm(self.n, generator=g).tolist()
                 self.position = 0
             out.append(self.order[self.position])
             self.position += 1
         return out
 
-    def next(self) -> Batch:
+    def state(self) -> dict:
+        return {"order": list(self.order), "position": self.position}
+
+    def load(self, state: dict) -> None:
+        self.order, self.position = [int(i) for i in state["order"]], int(state["position"])
+
+
+class StreamSampler:
+    """Draws micro-batches: images, a flip, z_0 ~ q(z|x), eps, t, pool prompts, then the class images."""
+
+    def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
+                 num_processes: int = 1, process_index: int = 0):
+        self.cache = cache
+        self.batch_size = batch_size
+        self.pool_size = 0 if cache.pool is None else min(pool_size, len(cache.pool))
+        self.objective = objective
+        self.num_processes, self.process_index = num_processes, process_index
+        self.generator = torch.Generator().manual_seed(seed)
+        self.orders = {"instance": _Order(len(cache.instance))}
+        if cache.prior is not None:
+            self.orders["prior"] = _Order(len(cache.prior))
+
+    def _draw(self, images: ImageSet, order: _Order, n: int) -> tuple[list[int], Noised]:
         c, g = self.cache, self.generator
-        idx = torch.tensor(self._indices())
-        b = len(idx)
-        flips = torch.randint(0, c.latent_mean.shape[0], (b,), generator=g)
-        mean, std = c.latent_mean[flips, idx], c.latent_std[flips, idx]
+        idx = torch.tensor(order.take(n, g))
+        flips = torch.randint(0, images.latent_mean.shape[0], (n,), generator=g)
+        mean, std = images.latent_mean[flips, idx], images.latent_std[flips, idx]
         z0 = (mean + std * torch.randn(mean.shape, generator=g) - c.shift_factor) * c.scaling_factor
         noise = torch.randn(z0.shape, generator=g)
-        t = sample_timesteps(b, self.num_train_timesteps, g)
-        pool = None
+        t = self.objective.sample_timesteps(n, g)
+        noise = self.objective.offset(noise, g)
+        return idx, Noised(z0, noise, t)
+
+    def next(self) -> Batch:
+        """This process's slice of the global batch of ``batch_size * num_processes`` rows."""
+        n, b = self.batch_size * self.num_processes, self.batch_size
+        mine = slice(self.process_index * b, (self.process_index + 1) * b)
+        c = self.cache
+        idx, inst = self._draw(c.instance, self.orders["instance"], n)
+        prompts: dict[str, Prompts] = {"trigger": c.instance.prompts[idx[mine]], "plain": c.instance.plain[idx[mine]]}
         if self.pool_size:
-            pick = torch.randperm(c.emb_pool.shape[0], generator=g)[: self.pool_size]
-            pool = c.emb_pool[pick]
-        return Batch(latents=z0, noise=noise, timesteps=t, cond_trigger=c.emb_trigger[idx],
-                     cond_plain=c.emb_plain[idx], cond_pool=pool)
+            pick = torch.randperm(len(c.pool), generator=self.generator)[: self.pool_size]
+            prompts["pool"] = c.pool[pick]
+        prior = None
+        if c.prior is not None:
+            cidx, prior_all = self._draw(c.prior, self.orders["prior"], n)
+            prompts["class"] = c.prior.prompts[cidx[mine]]
+            prior = prior_all[mine]
+        return Batch(inst[mine], prompts, prior)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": list(self.order), "position": self.position}
+        return {"generator": self.generator.get_state(), "orders": {k: o.state() for k, o in self.orders.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-        self.order = [int(i) for i in state["order"]]
-        self.position = int(state["position"])
+        for k, o in self.orders.items():
+            o.load(state["orders"][k])

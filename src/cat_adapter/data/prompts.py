@@ -84,3 +84,11 @@ def plain_prompt(caption: str, trigger: str, mode: str = "remove", class_noun: s
 def fill_template(template: str, trigger: str, class_noun: str | None) -> str:
     """``{trigger}`` / ``{class_noun}`` placeholders; any other brace text is kept as it is."""
     return tidy(template.replace("{trigger}", trigger).replace("{class_noun}", class_noun or ""))
+
+
+def replace_word(prompt: str, trigger: str, token: str) -> str:
+    """Every whole-word ``trigger`` -> ``token``, keeping a possessive or hyphen after it (``sks's`` -> ``<sks>'s``)."""
+    t = trigger.strip()
+    before = r"(?<![\w'’-])" if re.match(r"\w", t) else ""
+    after = r"(?![\w])" if re.search(r"\w$", t) else ""
+    return re.sub(rf"{before}{re.escape(t)}{after}", lambda _m: token, prompt, flags=re.IGNORECASE)

@@ -34,9 +34,9 @@ def _features(out) -> torch.Tensor:
 
 def check_clip_spec(spec: str, *, option: str = "--clip") -> None:
     """Cheap checks before anything heavy is loaded: a local folder must hold a CLIP config."""
-    from cat_adapter.toy.assets import resolve
+    from cat_adapter.plugins import resolve_alias
 
-    spec = resolve(spec, "clip", option)
+    spec = resolve_alias(spec, "clip", option)
     path = Path(spec).expanduser()
     if path.is_dir():
         cfg = path / "config.json"
@@ -63,10 +63,10 @@ class ClipEmbedder:
                  option: str = "--clip"):
         from transformers import AutoConfig, AutoProcessor, CLIPModel
 
-        from cat_adapter.toy.assets import resolve
+        from cat_adapter.plugins import resolve_alias
 
         check_clip_spec(spec, option=option)
-        spec = resolve(spec, "clip", option)
+        spec = resolve_alias(spec, "clip", option)
         if batch_size < 1:
             raise CatAdapterError(f"--clip-batch-size must be >= 1 (got {batch_size})")
         self.spec = spec

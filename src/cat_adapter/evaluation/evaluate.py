@@ -21,6 +21,7 @@ from cat_adapter.evaluation.manifest import read_manifest, write_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON
 from cat_adapter.evaluation.score import check_output, score_rows
 from cat_adapter.io import atomic_dir
+from cat_adapter.options import check
 
 DEFAULT_TEMPLATE = "a photo of {trigger} {class_noun}"
 
@@ -29,7 +30,7 @@ DEFAULT_TEMPLATE = "a photo of {trigger} {class_noun}"
 class EvalOptions:
     """What ``cat-adapter evaluate`` takes; None means "from the adapter's config.yaml, else the default"."""
     model: str
-    lora: str | None           # a LoRA folder or file; None or "none" for the base model
+    adapter: str | None        # an adapter folder or file (ours or another tool's); None or "none" for the base model
     data: str
     output: str
     clip: str = DEFAULT_CLIP
@@ -54,42 +55,42 @@ class EvalOptions:
     allow_pickle: bool = False
     single_file_config: str | None = None
 
+    drift_samples: int = 8               # z_t draws per trigger-free prompt for drift_plain (0: off)
+
     @property
     def has_adapter(self) -> bool:
-        return self.lora is not None and self.lora.strip().lower() != "none"
+        return self.adapter is not None and self.adapter.strip().lower() != "none"
+
+    def validate(self) -> "EvalOptions":
+        for name, value in (("--images-per-prompt", self.images_per_prompt), ("--sample-steps", self.sample_steps),
+                            ("--batch-size", self.batch_size), ("--clip-batch-size", self.clip_batch_size)):
+            check(value >= 1, name, f"must be >= 1 (got {value})")
+        check(self.drift_samples >= 0, "--drift-samples", f"must be >= 0 (got {self.drift_samples})")
+        check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "--resolution",
+              f"must be a positive multiple of 8 (got {self.resolution})")
+        check(0 < self.hm_epsilon < 1, "--hm-epsilon", f"must be in (0, 1) (got {self.hm_epsilon})")
+        for name, value in (("--lora-scale", self.lora_scale), ("--guidance-scale", self.guidance_scale)):
+            check(math.isfinite(value), name, f"must be a finite number (got {value})")
+        check(self.preserve_prompt is None or self.preserve_prompt in PRESERVE_MODES, "--preserve-prompt",
+              f"must be one of {', '.join(PRESERVE_MODES)}")
+        return self
 
 
-def _check_numbers(o: EvalOptions) -> None:
-    for name, value in (("--images-per-prompt", o.images_per_prompt), ("--sample-steps", o.sample_steps),
-                        ("--batch-size", o.batch_size), ("--clip-batch-size", o.clip_batch_size)):
-        if value < 1:
-            raise CatAdapterError(f"{name} must be >= 1 (got {value})")
-    if o.resolution is not None and (o.resolution < 8 or o.resolution % 8):
-        raise CatAdapterError(f"--resolution must be a positive multiple of 8 (got {o.resolution})")
-    if not 0 < o.hm_epsilon < 1:
-        raise CatAdapterError(f"--hm-epsilon must be in (0, 1) (got {o.hm_epsilon})")
-    if not math.isfinite(o.lora_scale):
-        raise CatAdapterError(f"--lora-scale must be a finite number (got {o.lora_scale})")
-    if not math.isfinite(o.guidance_scale):
-        raise CatAdapterError(f"--guidance-scale must be a finite number (got {o.guidance_scale})")
-    if o.preserve_prompt is not None and o.preserve_prompt not in PRESERVE_MODES:
-        raise CatAdapterError(f"--preserve-prompt must be one of {', '.join(PRESERVE_MODES)}")
-
-
-def resolve_options(o: EvalOptions) -> dict:
-    """Trigger handling: flags, else the adapter's saved config.yaml, else defaults (``remove`` for none)."""
-    from cat_adapter.models import lora_weight_file, saved_run_config
+def resolve_options(o: EvalOptions, adapter=None) -> dict:
+    """Trigger handling: flags, else the adapter's adapter.json concept or saved config.yaml, else defaults."""
+    from cat_adapter.adapters import saved_run_config
 
     saved: dict = {}
-    if o.has_adapter:
-        lora_weight_file(o.lora, allow_pickle=o.allow_pickle)  # a missing or empty folder fails here
-        saved = (saved_run_config(o.lora) or {}).get("data", {}) or {}
+    if adapter is not None:
+        saved = dict((saved_run_config(adapter.path) or {}).get("data", {}) or {})
+        if adapter.concepts:
+            saved.update({k: v for k, v in adapter.concepts[0].items() if v is not None})
     r = {"trigger": o.trigger or saved.get("trigger"), "class_noun": o.class_noun or saved.get("class_noun"),
          "preserve_prompt": o.preserve_prompt or (saved.get("preserve_prompt") if o.has_adapter else None) or "remove",
          "caption_template": o.caption_template or saved.get("caption_template") or DEFAULT_TEMPLATE,
          "caption_missing_trigger": saved.get("caption_missing_trigger") or "error"}
     if not r["trigger"]:
-        raise CatAdapterError("--trigger is required (no config.yaml beside --lora to read it from)")
+        raise CatAdapterError("--trigger is required (no adapter.json or config.yaml beside --adapter to read it from)")
     if r["preserve_prompt"] == "class" and not r["class_noun"]:
         raise CatAdapterError("--class-noun is required by --preserve-prompt class")
     return r
@@ -125,36 +126,55 @@ def default_label(o: EvalOptions) -> str:
         return o.label
     if not o.has_adapter:
         return "base"
-    p = Path(o.lora).expanduser().resolve()
+    p = Path(o.adapter).expanduser().resolve()
     return (p.parent if p.is_file() else p).name
+
+
+NOT_APPLICABLE_TI = ("the adapter only adds tokens: a prompt without the trigger reads none of them, so its images "
+                     "are the base model's by construction (not generated twice)")
 
 
 def evaluate(o: EvalOptions) -> Path:
     """Generate, write ``manifest.csv`` and the images, then score them: the outputs of ``score`` plus images/."""
-    from cat_adapter.models import load_lora, load_pipeline
+    from cat_adapter.adapters import load_adapter
+    from cat_adapter.evaluation.drift import prediction_drift
+    from cat_adapter.models import ModelSpec, load_model
     from cat_adapter.sampling import pick_device
 
-    _check_numbers(o)
+    o.validate()
     out = check_output(o.output, overwrite=o.overwrite)
-    resolved = resolve_options(o)
+    adapter = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.has_adapter else None
+    resolved = resolve_options(o, adapter)
     prompts, references, controls = load_prompts(o, resolved)
     device = pick_device(o.cpu)
     embedder = ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device)  # a bad CLIP fails before generating
-    pipe = load_pipeline(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle)
-    if o.has_adapter:
-        load_lora(pipe, o.lora, allow_pickle=o.allow_pickle)
-    pipe.to(device)
+    model = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
+    if adapter is not None:
+        adapter.apply(model, o.lora_scale)
+    model.to(device)
     seeds = [o.seed + k for k in range(o.images_per_prompt)]
-    meta = {"label": default_label(o), "model": o.model, "lora": o.lora if o.has_adapter else None,
+    changes = adapter.changes_trigger_free if adapter is not None else True
+    meta = {"label": default_label(o), "model": o.model, "adapter": o.adapter if o.has_adapter else None,
+            "adapter_kinds": adapter.kinds if adapter is not None else [],
+            "adapter_recognised": adapter.recognised if adapter is not None else None,
             "data": str(o.data), "images_per_prompt": o.images_per_prompt, **resolved,
             "settings": {k: v for k, v in asdict(o).items() if k not in ("overwrite",)},
             "package_version": cat_adapter.__version__}
+    if adapter is not None and not changes:
+        meta["not_applicable"] = {k: NOT_APPLICABLE_TI for k in
+                                  ("base_fidelity", "base_class_diversity", "leakage", "drift_plain")}
     with atomic_dir(out) as tmp:
-        plan = plan_evaluation(prompts, references, controls, seeds, out_dir=tmp, has_adapter=o.has_adapter)
-        render_jobs(pipe, plan.jobs, tmp, has_adapter=o.has_adapter, steps=o.sample_steps,
-                    guidance_scale=o.guidance_scale, height=o.resolution, width=o.resolution,
-                    lora_scale=o.lora_scale, batch_size=o.batch_size)
+        plan = plan_evaluation(prompts, references, controls, seeds, out_dir=tmp, has_adapter=o.has_adapter,
+                               changes_trigger_free=changes)
+        render_jobs(model, plan.jobs, tmp, adapter=adapter, steps=o.sample_steps, guidance_scale=o.guidance_scale,
+                    height=o.resolution, width=o.resolution, batch_size=o.batch_size)
         copy_references(plan.copies, tmp)
+        if adapter is not None and changes and o.drift_samples:
+            plain = [p.plain for p in prompts] + list(controls)
+            per_prompt = prediction_drift(model, adapter, plain, samples=o.drift_samples, seed=o.seed,
+                                          resolution=o.resolution)
+            meta["drift_plain"] = sum(per_prompt.values()) / len(per_prompt)
+            meta["drift_plain_per_prompt"] = per_prompt
         # Score what the manifest says, read back from disk: the same path as ``cat-adapter score``.
         rows = read_manifest(write_manifest(tmp / "manifest.csv", plan.rows))
         score_rows(rows, embedder, tmp, epsilon=o.hm_epsilon, meta={**meta, "manifest": "manifest.csv"})

@@ -9,6 +9,7 @@ so the images of a pair share their initial noise whatever batch they fall in.
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +41,16 @@ class Plan:
 
 
 def plan_evaluation(prompts: list[EvalPrompt], references: list[tuple[Path, str]], controls: list[str],
-                    seeds: list[int], *, out_dir: Path, has_adapter: bool) -> Plan:
+                    seeds: list[int], *, out_dir: Path, has_adapter: bool, changes_trigger_free: bool = True) -> Plan:
     """The images to generate and the manifest rows that pair them (paths under ``out_dir/images``).
 
     ``references`` are (concept image, its caption y_T): one train row per image and seed, so the
     Identity Score compares each original with I^{y_T}(caption_i, s). Without an adapter the base
-    images are the plain images themselves (nothing is generated twice).
+    images are the plain images themselves (nothing is generated twice). An adapter that cannot change
+    a trigger-free prompt (Textual Inversion) makes its plain images once and has no base images: the
+    measures that compare with the base model are not applicable to it.
     """
+    separate_base = has_adapter and changes_trigger_free
     jobs: dict[str, Job] = {}
     trig_idx = {p: i for i, p in enumerate(dict.fromkeys(p.trigger for p in prompts))}
     plain_idx = {y: i for i, y in enumerate(dict.fromkeys(p.plain for p in prompts))}
@@ -58,7 +62,8 @@ def plan_evaluation(prompts: list[EvalPrompt], references: list[tuple[Path, str]
 
     def trigger_row(p: EvalPrompt, s: int, reference: Path | None = None) -> ManifestRow:
         plain = job("plain", plain_idx[p.plain], p.plain, s, True)
-        base = job("base_plain", plain_idx[p.plain], p.plain, s, False) if has_adapter else plain
+        base = (job("base_plain", plain_idx[p.plain], p.plain, s, False) if separate_base
+                else None if has_adapter else plain)
         return ManifestRow(group=p.group, prompt_trigger=p.trigger, prompt_plain=p.plain, seed=s,
                            image_trigger=job("trigger", trig_idx[p.trigger], p.trigger, s, True), image_plain=plain,
                            base_image=base, reference=reference, prompt_text=p.text)
@@ -74,34 +79,31 @@ def plan_evaluation(prompts: list[EvalPrompt], references: list[tuple[Path, str]
     for k, c in enumerate(dict.fromkeys(controls)):
         for s in seeds:
             adapted = job("control", k, c, s, True)
-            base = job("base_control", k, c, s, False) if has_adapter else adapted
+            base = (job("base_control", k, c, s, False) if separate_base
+                    else None if has_adapter else adapted)
             rows.append(ManifestRow(group="control", prompt_trigger=None, prompt_plain=c, seed=s, image_trigger=None,
                                     image_plain=adapted, base_image=base))
     return Plan(list(jobs.values()), rows, copies)
 
 
-def render_jobs(pipe, jobs: list[Job], out_dir: Path, *, has_adapter: bool, steps: int, guidance_scale: float,
-                height: int | None = None, width: int | None = None, lora_scale: float = 1.0,
-                batch_size: int = 8) -> None:
-    """Generate every job, batched across prompts and seeds, once with the adapter and once without."""
-    try:
-        for adapter in (True, False):
-            todo = [j for j in jobs if j.adapter == adapter]
-            if not todo:
-                continue
-            if has_adapter:  # pipe.disable_lora() turns off the U-Net's and the text encoder's LoRA layers
-                pipe.enable_lora() if adapter else pipe.disable_lora()
-            chunk = batch_size * 4  # save as we go: memory stays bounded however many images there are
+def render_jobs(model, jobs: list[Job], out_dir: Path, *, adapter=None, steps: int, guidance_scale: float,
+                height: int | None = None, width: int | None = None, batch_size: int = 8) -> None:
+    """Generate every job, batched across prompts and seeds: with the adapter, then in ``adapter.base(model)``."""
+    for with_adapter in (True, False):
+        todo = [j for j in jobs if j.adapter == with_adapter]
+        if not todo:
+            continue
+        ctx = adapter.base(model) if (adapter is not None and not with_adapter) else nullcontext()
+        scale = adapter.lora_scale if (adapter is not None and with_adapter) else None
+        chunk = batch_size * 4  # save as we go: memory stays bounded however many images there are
+        with ctx:
             for i in range(0, len(todo), chunk):
                 part = todo[i:i + chunk]
-                images = generate(pipe, [j.prompt for j in part], [j.seed for j in part], steps=steps,
-                                  guidance_scale=guidance_scale, height=height, width=width,
-                                  lora_scale=lora_scale if (has_adapter and adapter) else None, batch_size=batch_size)
+                images = generate(model, [j.prompt for j in part], [j.seed for j in part], steps=steps,
+                                  guidance_scale=guidance_scale, height=height, width=width, lora_scale=scale,
+                                  batch_size=batch_size)
                 for j, img in zip(part, images):
                     save_image(img, out_dir / j.path)
-    finally:
-        if has_adapter:
-            pipe.enable_lora()
 
 
 def copy_references(copies: list[tuple[Path, str]], out_dir: Path) -> None:

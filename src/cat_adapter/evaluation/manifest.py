@@ -105,7 +105,7 @@ def read_manifest(path: str | Path, *, option: str = "--manifest") -> list[Manif
         group = _cell(raw, "group") or "train"
         if group not in GROUPS:
             raise CatAdapterError(f"{where}: group {group!r} is not one of {', '.join(GROUPS)}")
-        needed = ("seed", "image_plain", "base_image") if group == "control" else REQUIRED
+        needed = ("seed", "image_plain") if group == "control" else REQUIRED
         absent = [c for c in needed if c != "prompt_plain" and _cell(raw, c) is None]
         if absent:
             raise CatAdapterError(f"{where}: {group} row lacks {', '.join(absent)}")

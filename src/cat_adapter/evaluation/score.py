@@ -23,7 +23,7 @@ from cat_adapter.errors import CatAdapterError
 from cat_adapter.evaluation.clip import DEFAULT_CLIP, ClipEmbedder, check_clip_spec
 from cat_adapter.evaluation.manifest import ManifestRow, read_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON, PairValue, aggregate
-from cat_adapter.io import atomic_dir, write_json_atomic, write_text_atomic
+from cat_adapter.io import atomic_dir, check_output_folder, write_json_atomic, write_text_atomic
 from cat_adapter.sampling import make_grid, save_image
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def pair_specs(rows: list[ManifestRow]) -> list[PairSpec]:
     plain_by_prompt: dict[tuple[str, str], dict[int, ManifestRow]] = {}
     for r in rows:
         if r.group == "control":  # Leakage (ours): cos(I_base^c(s), I^c(s))
-            add(PairSpec("leakage", r.group, r.prompt_plain, r.seed, r.image_plain, r.base_image))
+            if r.base_image is not None:
+                add(PairSpec("leakage", r.group, r.prompt_plain, r.seed, r.image_plain, r.base_image))
             continue
         y_t, y = r.prompt_trigger, r.prompt_plain
         add(PairSpec("prompt_score", r.group, y_t, r.seed, r.image_trigger, r.text, text=True))     # Eq. 4
@@ -166,16 +167,8 @@ def score_rows(rows: list[ManifestRow], embedder: ClipEmbedder, out_dir: Path, *
 def check_output(output: str | Path, *, overwrite: bool, option: str = "--output",
                  markers: tuple[str, ...] = OUTPUT_MARKERS, kind: str = "an evaluation folder") -> Path:
     """An output folder that is new or empty, or (with --overwrite) one of the same ``kind`` this package wrote."""
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise CatAdapterError(f"{option} {out}: is a file; give a folder path")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CatAdapterError(f"{option} {out}: folder exists; pass --overwrite to replace it")
-        if not any((out / m).is_file() for m in markers):
-            raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to "
-                                  "replace it, choose another folder")
-    return out
+    check_output_folder(output, markers=markers, kind=kind, overwrite=overwrite, option=option)
+    return Path(output)
 
 
 def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP, label: str | None = None,

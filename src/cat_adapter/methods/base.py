@@ -1,87 +1,168 @@
-"""The Method protocol: a method owns its trainable parameters and its loss; the loop knows nothing else."""
+"""A method = what is trained (parts) x which loss terms. ``Method`` composes them; the loop calls only
+``parameters / param_groups / modules / forward_backward / after_step / state_dict / load_state_dict /
+export / base``.
+
+A part (``lora``, ``full``, ``tokens``) owns its parameters, their optimizer groups, the modules
+accelerate must prepare, how the base model is recovered within a block (``base()``), its
+checkpoint state and its exported files. A term (``identity``, ``prior``, ``preservation``) is a
+pure loss function plus the rows of the batch it reads; ``terms.run_terms`` executes them.
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-
-@dataclass
-class Batch:
-    """One micro-batch. All randomness of a step is drawn into it, so a loss is a pure function of it."""
-
-    latents: torch.Tensor                 # (B, C, h, w) clean latents z_0 (already scaled)
-    noise: torch.Tensor                   # (B, C, h, w) eps
-    timesteps: torch.Tensor               # (B,) long
-    cond_trigger: torch.Tensor            # (B, L, D) text embeddings of y_T
-    cond_plain: torch.Tensor              # (B, L, D) text embeddings of y (trigger-free)
-    cond_pool: torch.Tensor | None = None  # (K, L, D) extra trigger-free prompts from --preserve-pool
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
-        def mv(t: torch.Tensor | None, float_: bool = True) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return t.to(device=device, dtype=dtype if (float_ and dtype is not None) else t.dtype)
-
-        return Batch(mv(self.latents), mv(self.noise), mv(self.timesteps, False), mv(self.cond_trigger),
-                     mv(self.cond_plain), mv(self.cond_pool))
-
-
-@dataclass
-class LossOutput:
-    total: torch.Tensor                      # scalar; what backward() is called on (already done in lean mode)
-    terms: dict[str, float] = field(default_factory=dict)  # named terms, logged separately
-
+from cat_adapter.errors import CatAdapterError
 
 BackwardFn = Callable[[torch.Tensor], None]
 
 
-class Method(Protocol):
-    """Interface every training method implements (LoRA, CAT, and later the baselines)."""
-
-    name: str
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
-
-    def loss(self, batch: Batch) -> LossOutput: ...
-
-    def forward_backward(self, batch: Batch, backward: BackwardFn) -> LossOutput:
-        """Compute the loss and call ``backward`` on it (methods may split it into several calls)."""
-        ...
-
-    def save(self, out_dir: Path, *, dtype: torch.dtype = torch.float32) -> Path:
-        """Write the trained weights in the format users load (diffusers LoRA for LoRA/CAT)."""
-        ...
-
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the trainable state saved in a checkpoint (resume)."""
-        ...
+@dataclass
+class LossOutput:
+    total: torch.Tensor                                      # scalar (already backpropagated)
+    terms: dict[str, float] = field(default_factory=dict)    # named terms, logged separately
 
 
-_REGISTRY: dict[str, type] = {}
+@dataclass
+class Exported:
+    """What a part wrote into the output folder, for adapter.json."""
+    kind: str                                      # lora | full | tokens
+    files: dict[str, str]                          # role -> file or folder name relative to the output
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def register(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+class Part(Protocol):
+    kind: str
 
-    return deco
+    def parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def param_groups(self, optim) -> list[dict]: ...
+
+    def modules(self) -> dict[str, torch.nn.Module]: ...
+
+    def base(self) -> Any: ...                       # context manager: the base model within the block
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def export(self, out_dir: Path, *, dtype: torch.dtype, export_format: str) -> Exported: ...
 
 
-def get_method(name: str) -> type:
-    from cat_adapter import methods  # noqa: F401  (registers the built-in methods)
+class Method:
+    """Parts x terms, as the registry entry and the options say (built by ``build_method``)."""
 
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    def __init__(self, name: str, model, parts: list[Part], terms: list, *, cat_mode: str = "lean"):
+        self.name = name
+        self.model = model
+        self.parts = parts
+        self.terms = terms
+        self.cat_mode = cat_mode
+        self.wrapped: dict[str, torch.nn.Module] = {}   # modules as accelerate prepared them
+        self._dropouts = [m for n, m in model.denoiser.named_modules()
+                          if isinstance(m, torch.nn.Dropout) and m.p > 0 and "lora_" not in n]
+
+    # ------------------------------------------------------------------------------------ parameters
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def param_groups(self, optim) -> list[dict]:
+        return [g for part in self.parts for g in part.param_groups(optim)]
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        out: dict[str, torch.nn.Module] = {}
+        for part in self.parts:
+            out.update(part.modules())
+        return out
+
+    def set_wrapped(self, wrapped: dict[str, torch.nn.Module]) -> None:
+        """The graded passes run through accelerate's wrappers of the prepared modules."""
+        self.wrapped = wrapped
+        self.model.set_graded(wrapped.get("denoiser"))
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.modules().values():
+            m.train(mode)
+
+    # ------------------------------------------------------------------------------------ base model
+    @contextmanager
+    def base(self) -> Iterator[None]:
+        """Within the block the model is the base model: every part's change undone (no copy for LoRA)."""
+        with ExitStack() as stack:
+            for part in self.parts:
+                stack.enter_context(part.base())
+            yield
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The frozen pass of Eq. 3: base model, no gradient, dropout off (train mode elsewhere untouched)."""
+        states = [m.training for m in self._dropouts]
+        for m in self._dropouts:
+            m.eval()
+        try:
+            with torch.no_grad(), self.base():
+                yield
+        finally:
+            for m, s in zip(self._dropouts, states):
+                m.train(s)
+
+    # ------------------------------------------------------------------------------------ steps
+    def forward_backward(self, batch, backward: BackwardFn) -> LossOutput:
+        from cat_adapter.methods.terms import run_terms
+
+        return run_terms(self, batch, backward)
+
+    def after_step(self) -> None:
+        for part in self.parts:
+            part.after_step()
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{part.kind}.{k}": v for part in self.parts for k, v in part.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict: a missing or unexpected key is an error naming it (a checkpoint of another run)."""
+        kinds = {part.kind for part in self.parts}
+        unexpected = [k for k in state if k.split(".", 1)[0] not in kinds]
+        if unexpected:
+            raise CatAdapterError(f"checkpoint holds state this method does not train: {unexpected[:3]}")
+        for part in self.parts:
+            prefix = part.kind + "."
+            part.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def export(self, out_dir: Path, *, dtype: torch.dtype = torch.float32, export_format: str = "diffusers"
+               ) -> list[Exported]:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return [part.export(Path(out_dir), dtype=dtype, export_format=export_format) for part in self.parts]
+
+    @property
+    def changes_trigger_free(self) -> bool:
+        """Whether a prompt without the trigger can give other images than the base model's."""
+        return any(part.kind != "tokens" for part in self.parts)
 
 
-def method_names() -> list[str]:
-    from cat_adapter import methods  # noqa: F401
+def check_state_keys(expected: set[str], got: set[str], what: str) -> None:
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if missing or unexpected:
+        detail = (f"missing {missing[:3]}" if missing else "") + ("; " if missing and unexpected else "") + \
+                 (f"unexpected {unexpected[:3]}" if unexpected else "")
+        raise CatAdapterError(f"checkpoint {what} state does not match this run ({detail})")
 
-    return sorted(_REGISTRY)
+
+def build_method(cfg, model, *, need_base_copy: bool = False) -> Method:
+    """The method of ``cfg``: its parts attached to ``model`` and its active terms, from the registry."""
+    from cat_adapter.methods import registry
+
+    spec = registry.get_spec(cfg.method.method)
+    term_names = registry.active_terms(spec, cfg)
+    context = {"need_base_copy": need_base_copy or "preservation" in term_names}
+    parts = [registry.part_class(name)(model, cfg, **context) for name in spec.parts]
+    terms = [registry.term_class(name)(cfg) for name in term_names]
+    return Method(spec.name, model, parts, terms, cat_mode=cfg.preservation.cat_mode)

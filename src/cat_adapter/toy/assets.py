@@ -61,3 +61,9 @@ def info() -> dict:
         "built": {k: record.get(k) for k in ("command", "commit", "seconds")} if record else None,
         "weights": record.get("weights"),
     }
+
+
+def register(plugins) -> None:
+    """Entry point (group ``cat_adapter.plugins``): ``--model toy`` and ``--clip toy``."""
+    plugins.register_alias(TOY, "pipeline", lambda option: str(toy_pipeline(option)))
+    plugins.register_alias(TOY, "clip", lambda option: str(toy_clip(option)))

@@ -193,7 +193,7 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
                       images_per_prompt=settings.images_per_prompt, sample_steps=sample_steps, guidance_scale=guidance,
                       batch_size=16, resolution=spec["resolution"], cpu=cpu)
     print(f"evaluating the base model ({settings.images_per_prompt} seeds per prompt)")
-    evals: dict[str, list[Path]] = {"base": [evaluate(EvalOptions(lora=None, output=str(out / "eval" / "base"),
+    evals: dict[str, list[Path]] = {"base": [evaluate(EvalOptions(adapter=None, output=str(out / "eval" / "base"),
                                                                   label="base", **evaluation))]}
     for seed in settings.seeds:
         for name, extra in variants.items():
@@ -202,7 +202,7 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
             print(f"training {name} (seed {seed}, {settings.steps} steps)")
             train(build_config(overrides={**common, **extra, "seed": seed, "output": str(run_dir)}))
             print(f"  {time.time() - t:.0f} s; evaluating")
-            evals.setdefault(name, []).append(evaluate(EvalOptions(lora=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
+            evals.setdefault(name, []).append(evaluate(EvalOptions(adapter=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
                                                                    label=name, **evaluation)))
     rates = {label: [add_concept_rates(d, look) for d in dirs] for label, dirs in evals.items()}
     report_dir = report([d for dirs in evals.values() for d in dirs], output=out / "report")

@@ -1,10 +1,12 @@
-"""Resumable checkpoints, written atomically and without pickle.
+"""Resumable checkpoints (format 2), written atomically and without pickle.
 
-``OUT/checkpoints/step-000040/`` holds ``adapter.safetensors`` (peft-format LoRA weights),
-``optimizer.safetensors`` (every optimizer state tensor), ``rng.safetensors`` (torch CPU/CUDA
-and data-sampler generator states) and ``state.json`` (step, optimizer hyperparameters, LR
-scheduler, sampler position). A checkpoint is written to a temporary folder and renamed, so a
-killed run leaves either the whole checkpoint or none.
+``OUT/checkpoints/step-000040/`` holds ``trained.safetensors`` (the method's trainable state: LoRA
+weights, a full denoiser, token rows), ``optimizer.safetensors`` (every optimizer state tensor),
+``stream.safetensors`` (the one data-stream generator, the same on every rank), ``rng-rank<R>.safetensors``
+(each rank's torch CPU/CUDA generators: dropout) and ``state.json`` (format version, step, world size,
+optimizer hyperparameters, LR scheduler, stream positions, fp16 GradScaler state). A checkpoint is
+written by the main process into a temporary folder and renamed, so a killed run leaves either the
+whole checkpoint or none.
 """
 
 from __future__ import annotations
@@ -53,26 +55,39 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(out_dir: Path, step: int, *, adapter: dict[str, torch.Tensor], optimizer, lr_scheduler,
-                    sampler_state: dict, limit: int | None = None) -> Path:
+FORMAT_VERSION = 2
+
+
+def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor], optimizer, lr_scheduler,
+                    stream_state: dict, rng_states: list[dict[str, torch.Tensor]], scaler_state: dict | None = None,
+                    limit: int | None = None) -> Path:
+    """Write a checkpoint (main process); ``rng_states``: one dict of generator states per rank."""
     root = Path(out_dir) / CHECKPOINT_DIR
     target = root / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
         opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"torch_cpu": torch.get_rng_state(), "sampler": sampler_state["generator"]}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"torch_cuda_{i}"] = s
-        save_file(rng, str(tmp / "rng.safetensors"))
-        state = {"step": step, "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
-                 "sampler": {"order": sampler_state["order"], "position": sampler_state["position"]}}
+        save_file({"generator": stream_state["generator"]}, str(tmp / "stream.safetensors"))
+        for rank, rng in enumerate(rng_states):
+            save_file(rng, str(tmp / f"rng-rank{rank}.safetensors"))
+        state = {"format_version": FORMAT_VERSION, "step": step, "world_size": len(rng_states),
+                 "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
+                 "stream": {k: v for k, v in stream_state.items() if k != "generator"}, "grad_scaler": scaler_state}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     if limit:
         for old in list_checkpoints(out_dir)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch generators (CPU, and every CUDA device)."""
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    return rng
 
 
 def checkpoint_step(path: Path) -> int:
@@ -89,23 +104,31 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Everything needed to continue: adapter, optimizer and scheduler states, RNG states, step."""
+def load_checkpoint(path: Path, *, rank: int = 0) -> dict[str, Any]:
+    """Everything needed to continue on process ``rank``: trained state, optimizer, scheduler, stream, RNG, step."""
+    from cat_adapter.errors import CatAdapterError
+
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    rng = load_file(str(path / "rng.safetensors"))
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CatAdapterError(f"--resume: checkpoint {path} is of format {state.get('format_version', 1)}, this "
+                              f"version resumes format {FORMAT_VERSION}; finish it with the release that wrote it")
+    rng_file = path / f"rng-rank{rank}.safetensors"
+    rng = load_file(str(rng_file)) if rng_file.is_file() else None
     return {
         "step": int(state["step"]),
-        "adapter": load_file(str(path / "adapter.safetensors")),
+        "world_size": int(state["world_size"]),
+        "trained": load_file(str(path / "trained.safetensors")),
         "optimizer": _join_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
         "lr_scheduler": state["lr_scheduler"],
-        "sampler": {"generator": rng["sampler"], **state["sampler"]},
-        "torch_cpu": rng["torch_cpu"],
-        "torch_cuda": [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")],
+        "stream": {"generator": load_file(str(path / "stream.safetensors"))["generator"], **state["stream"]},
+        "grad_scaler": state.get("grad_scaler"),
+        "rng": rng,
     }
 
 
-def restore_rng(ckpt: dict[str, Any]) -> None:
-    torch.set_rng_state(ckpt["torch_cpu"])
-    if ckpt["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["torch_cuda"])
+def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,4 +1,8 @@
-"""The method-agnostic training loop (accelerate): data -> method.forward_backward -> optimizer step."""
+"""The method-agnostic training loop (accelerate): data -> method.forward_backward -> optimizer step.
+
+The loop knows the ``Method`` protocol (methods/base.py) and nothing method-specific: which weights
+train, which loss terms run and what is exported all come from the method the registry builds.
+"""
 
 from __future__ import annotations
 
@@ -16,47 +20,34 @@ import yaml
 
 import cat_adapter
 from cat_adapter.config import TrainConfig, config_from_dict, resume_mismatch, save_config
-from cat_adapter.data.cache import BatchSampler, build_cache
-from cat_adapter.data.concept import load_concept, load_prompt_file
+from cat_adapter.data.cache import StreamSampler, build_cache
+from cat_adapter.data.concept import ConceptItem, load_concept, load_prompt_file
 from cat_adapter.data.prompts import has_trigger, plain_prompt
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.io import write_json_atomic, write_text_atomic
-from cat_adapter.methods.base import get_method
-from cat_adapter.methods.lora.adapter import peft_state_dict
-from cat_adapter.models import freeze, load_pipeline
-from cat_adapter.training.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
+from cat_adapter.io import check_output_folder, write_json_atomic, write_text_atomic
+from cat_adapter.methods import registry
+from cat_adapter.methods.base import Method, build_method
+from cat_adapter.models import ModelSpec, freeze, load_model
+from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, rng_state,
+                                             save_checkpoint)
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIXED = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def check_output(cfg: TrainConfig) -> str:
-    """'fresh', 'resume' or 'overwrite', after checking --output; nothing is written here."""
-    out, run = Path(cfg.run.output), cfg.run
-    if out.exists() and not out.is_dir():
-        raise CatAdapterError(f"--output {out}: is a file; give a folder path")
-    if not out.exists() or not any(out.iterdir()):
-        return "fresh"
-    if run.resume:
-        return "resume"
-    if run.overwrite:
-        if not ((out / "config.yaml").is_file() or (out / "log.jsonl").is_file()):
-            raise CatAdapterError(f"--output {out}: not a cat-adapter output folder (no config.yaml); "
-                                  "refusing to delete it with --overwrite, choose another folder")
-        return "overwrite"
-    raise CatAdapterError(f"--output {out}: folder exists; pass --resume to continue it or --overwrite to start again")
+# Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
+STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+DONE = "done.json"
 
 
 def load_pool(cfg: TrainConfig) -> list[str] | None:
-    d = cfg.data
-    if not d.preserve_pool:
+    d, p = cfg.data, cfg.preservation
+    if not p.preserve_pool:
         return None
-    prompts = load_prompt_file(d.preserve_pool, "--preserve-pool")
-    for i, p in enumerate(prompts):
-        if has_trigger(p, d.trigger):
-            raise CatAdapterError(f"--preserve-pool {d.preserve_pool}: prompt {i + 1} {p!r} contains the trigger "
+    prompts = load_prompt_file(p.preserve_pool, "--preserve-pool")
+    for i, x in enumerate(prompts):
+        if has_trigger(x, d.trigger):
+            raise CatAdapterError(f"--preserve-pool {p.preserve_pool}: prompt {i + 1} {x!r} contains the trigger "
                                   f"'{d.trigger}'; the pool must be trigger-free")
     return prompts
 
@@ -66,134 +57,209 @@ class Session:
     """What one training run holds between set-up and the loop."""
 
     cfg: TrainConfig
-    accelerator: Any
-    pipe: Any
-    method: Any
-    optimizer: Any
-    lr_scheduler: Any
-    sampler: BatchSampler
+    accelerator: Any            # accelerate.Accelerator
+    model: Any                  # the model family object (models/)
+    method: Method
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any           # torch LR scheduler
+    sampler: StreamSampler
     weight_dtype: torch.dtype
     start: int = 0
     last_checkpoint: Path | None = None
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
-    """Train an adapter as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input."""
+    """Train as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    mode = check_output(cfg)
-    d = cfg.data
-    # Cheap checks on every input before any model is loaded.
-    items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
-                         missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
-    pool = load_pool(cfg)
-    if cfg.run.validation_prompt and not has_trigger(cfg.run.validation_prompt, d.trigger):
-        raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger '{d.trigger}'; "
-                              "the grid compares it with its trigger-free form")
-    if pool and cfg.method.method != "cat":
-        log.warning("--preserve-pool is used by --method cat only; ignored for --method %s", cfg.method.method)
-    out = Path(cfg.run.output)
+    out, run = Path(cfg.run.output), cfg.run
+    mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
+                               overwrite=run.overwrite, resume=run.resume)
+    items, pool = check_inputs(cfg)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
-    if mode == "resume" and (out / "config.yaml").is_file():
-        saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
-        diffs = resume_mismatch(saved, portable(cfg))
-        if diffs:
-            raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
-    if checkpoints and checkpoint_step(checkpoints[-1]) > cfg.optim.steps:
-        raise CatAdapterError(f"--steps {cfg.optim.steps} is below the step of the newest checkpoint in {out} "
-                              f"({checkpoint_step(checkpoints[-1])}); give at least that many steps")
+    if mode == "resume":
+        check_resume(cfg, out, checkpoints)
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
+                              gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps)
     try:
-        s = setup(cfg, items, pool)
-        if mode == "overwrite" or (mode == "resume" and not checkpoints):
-            if mode == "resume":
-                log.warning("--resume: no checkpoint in %s, starting from step 0", out)
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
-        save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
+        t0 = time.perf_counter()
+        s = setup(cfg, items, pool, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
+                                                                                      accelerator))
         if checkpoints:
             resume(s, checkpoints[-1])
-        else:
-            write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption, "plain": it.plain,
-                                                      "caption_source": it.caption_source} for it in items])
-            (out / "log.jsonl").write_text("")
         run_loop(s, progress=progress)
-        s.accelerator.wait_for_everyone()
-        if s.accelerator.is_main_process:
-            s.method.save(out, dtype=DTYPES[cfg.run.save_dtype], kohya=cfg.run.export_format == "kohya")
-            validate(s, out / "validation.png")
-        s.accelerator.end_training()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            finish(s, t0)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
     finally:
         AcceleratorState._reset_state()  # so a later train() in this process may use other precision settings
     return out
 
 
+def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], list[str] | None]:
+    """Cheap checks on every input before any model is loaded."""
+    d = cfg.data
+    items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
+                         missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
+    terms = registry.active_terms(registry.get_spec(cfg.method.method), cfg)
+    pool = load_pool(cfg) if "preservation" in terms else None
+    if cfg.preservation.preserve_pool and "preservation" not in terms:
+        log.warning("--preserve-pool is used by the preservation term only (--cat-alpha > 0); ignored")
+    if "prior" in terms:
+        from cat_adapter.methods.dreambooth.class_images import check_class_folder
+
+        check_class_folder(cfg)
+    if cfg.run.validation_prompt and not has_trigger(cfg.run.validation_prompt, d.trigger):
+        raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger '{d.trigger}'; "
+                              "the grid compares it with its trigger-free form")
+    return items, pool
+
+
+def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
+    if not (out / "config.yaml").is_file():
+        raise CatAdapterError(f"--resume: {out} has no config.yaml, so it cannot be checked against these options; "
+                              "start it afresh with --overwrite")
+    saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
+    diffs = resume_mismatch(saved, portable(cfg))
+    if diffs:
+        raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
+    o = cfg.optim
+    if checkpoints and saved.optim.steps != o.steps and o.lr_scheduler not in STEPS_FREE_SCHEDULES:
+        raise CatAdapterError(f"--resume with --steps {o.steps} (the run had {saved.optim.steps}): --lr-scheduler "
+                              f"{o.lr_scheduler} depends on --steps, so the resumed learning rates would not be those "
+                              f"of a straight run; keep --steps {saved.optim.steps} or use a constant schedule")
+    if checkpoints and checkpoint_step(checkpoints[-1]) > o.steps:
+        raise CatAdapterError(f"--steps {o.steps} is below the step of the newest checkpoint in {out} "
+                              f"({checkpoint_step(checkpoints[-1])}); give at least that many steps")
+
+
+def prepare_output(cfg: TrainConfig, items: list[ConceptItem], mode: str, checkpoints: list[Path], accelerator) -> None:
+    """Remove, create and fill the output folder: the main process only; the others wait for it."""
+    out = Path(cfg.run.output)
+    if accelerator.is_main_process:
+        if mode == "overwrite" or (mode == "resume" and not checkpoints):
+            if mode == "resume":
+                log.warning("--resume: no checkpoint in %s, starting from step 0", out)
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DONE).unlink(missing_ok=True)
+        # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
+        save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
+        if not checkpoints:
+            write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption,
+                                                      "plain": it.plain, "caption_source": it.caption_source}
+                                                     for it in items])
+            write_text_atomic(out / "log.jsonl", "")
+    accelerator.wait_for_everyone()
+
+
 def portable(cfg: TrainConfig) -> TrainConfig:
     """A copy with local paths made absolute and the run switches (--resume/--overwrite) off."""
-    def absolute(p: str | None) -> str | None:
-        return str(Path(p).resolve()) if p and p != "toy" and Path(p).exists() else p
+    from cat_adapter.plugins import is_alias
 
-    m, d, r = cfg.model, cfg.data, cfg.run
-    return replace(cfg, model=replace(m, model=absolute(m.model), single_file_config=absolute(m.single_file_config)),
-                   data=replace(d, data=absolute(d.data), preserve_pool=absolute(d.preserve_pool)),
+    def absolute(p: str | None) -> str | None:
+        return str(Path(p).resolve()) if p and Path(p).exists() else p
+
+    m, d, r, p, pr = cfg.model, cfg.data, cfg.run, cfg.preservation, cfg.prior
+    return replace(cfg, model=replace(m, model=m.model if is_alias(m.model, "pipeline") else absolute(m.model),
+                                      single_file_config=absolute(m.single_file_config)),
+                   data=replace(d, data=absolute(d.data)),
+                   preservation=replace(p, preserve_pool=absolute(p.preserve_pool)),
+                   prior=replace(pr, class_data=absolute(pr.class_data)),
                    run=replace(r, resume=False, overwrite=False))
 
 
-def setup(cfg: TrainConfig, items: list, pool: list[str] | None) -> Session:
-    """Accelerator, frozen pipeline, caches, method (adds LoRA), optimizer, LR schedule, sampler."""
-    from accelerate import Accelerator
+def setup(cfg: TrainConfig, items: list[ConceptItem], pool: list[str] | None, accelerator, *,
+          prepare_folder=None) -> Session:
+    """Frozen model, output folder, class images, caches, method (adds its parts), optimizer, LR schedule, stream."""
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
     m, d, o, run = cfg.model, cfg.data, cfg.optim, cfg.run
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
-                              gradient_accumulation_steps=o.gradient_accumulation_steps)
-    set_seed(run.seed)  # LoRA init draws from the global generator
+    set_seed(run.seed)  # LoRA init draws from the global generator: identical on every rank
     weight_dtype = MIXED[run.mixed_precision]
-    pipe = load_pipeline(m.model, dtype=weight_dtype, revision=m.revision, variant=m.variant,
-                         single_file_config=m.single_file_config, allow_pickle=m.allow_pickle)
-    pipe.to(accelerator.device)
-    freeze(pipe.unet, pipe.vae, pipe.text_encoder)
-    cache = build_cache(pipe, items, resolution=d.resolution, random_flip=d.random_flip,
-                        device=accelerator.device, pool_prompts=pool)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    method = get_method(cfg.method.method)(pipe.unet, noise_scheduler, cfg.method)
+    model = load_model(ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle), dtype=weight_dtype)
+    model.to(accelerator.device)
+    freeze(*model.frozen_components())
+    if prepare_folder is not None:
+        prepare_folder()
+    terms = registry.active_terms(registry.get_spec(cfg.method.method), cfg)
+    class_images = prior_images(cfg, model, accelerator) if "prior" in terms else None
+    method = build_method(cfg, model, need_base_copy=bool(run.validation_prompt))
+    cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
+                        pool_prompts=pool, class_images=class_images)
     if run.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    pipe.unet.train()
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
+        model.denoiser.enable_gradient_checkpointing()
+    method.train()
+    optimizer = torch.optim.AdamW(method.param_groups(o), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
                                   weight_decay=o.weight_decay, eps=o.adam_epsilon)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=o.steps * accelerator.num_processes)
-    method.forward_model, optimizer, lr_scheduler = accelerator.prepare(pipe.unet, optimizer, lr_scheduler)
-    sampler = BatchSampler(cache, batch_size=o.batch_size, pool_size=d.preserve_pool_size,
-                           num_train_timesteps=noise_scheduler.config.num_train_timesteps,
-                           seed=run.seed + accelerator.process_index)
-    return Session(cfg, accelerator, pipe, method, optimizer, lr_scheduler, sampler, weight_dtype)
+    modules = method.modules()
+    prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
+    method.set_wrapped(dict(zip(modules, prepared[:len(modules)])))
+    optimizer, lr_scheduler = prepared[len(modules):]
+    sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
+                            objective=model.objective, seed=run.seed, num_processes=accelerator.num_processes,
+                            process_index=accelerator.process_index)
+    seed_model_randomness(run.seed, accelerator.process_index)
+    return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype)
+
+
+def seed_model_randomness(seed: int, rank: int) -> None:
+    """The model's own randomness (dropout) differs by rank; rank 0 continues the run's seeded generator, so a
+    one-process run draws what it always drew. Other ranks get a seed derived from (seed, rank): no rank of
+    one run replays a rank of another run's seed."""
+    if rank:
+        import numpy as np
+
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]))
+
+
+def prior_images(cfg: TrainConfig, model, accelerator) -> list[tuple[Path, str]]:
+    """DreamBooth's class images (generated on the main process) paired with the class prompt."""
+    from cat_adapter.methods.dreambooth.class_images import class_prompt, prepare_class_images
+
+    with accelerator.main_process_first():
+        paths = prepare_class_images(cfg, model, resolution=cfg.data.resolution, device=accelerator.device,
+                                     is_main=accelerator.is_main_process)
+    prompt = class_prompt(cfg)
+    return [(p, prompt) for p in paths]
 
 
 def resume(s: Session, path: Path) -> None:
-    """Adapter, optimizer, LR schedule, data stream and RNG states from a checkpoint; the log is cut to it."""
-    ckpt = load_checkpoint(path)
-    s.method.load(ckpt["adapter"])
+    """Trained state, optimizer, LR schedule, data stream, GradScaler and this rank's RNG; the log is cut to it."""
+    acc = s.accelerator
+    ckpt = load_checkpoint(path, rank=acc.process_index)
+    s.method.load_state_dict(ckpt["trained"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    s.sampler.load_state_dict(ckpt["sampler"])
-    restore_rng(ckpt)
+    s.sampler.load_state_dict(ckpt["stream"])
+    if ckpt["grad_scaler"] and acc.scaler is not None:
+        acc.scaler.load_state_dict(ckpt["grad_scaler"])
+    if ckpt["rng"] is not None:
+        restore_rng(ckpt["rng"])
+    else:
+        log.warning("--resume: %s was written by %d processes; rank %d's dropout generator starts afresh",
+                    path, ckpt["world_size"], acc.process_index)
     s.start, s.last_checkpoint = ckpt["step"], path
-    log_path = Path(s.cfg.run.output) / "log.jsonl"
-    kept = [ln for ln in (log_path.read_text().splitlines() if log_path.is_file() else [])
-            if ln.strip() and json.loads(ln)["step"] <= s.start]
-    write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
-    s.accelerator.print(f"resumed from {path} (step {s.start})")
+    if acc.is_main_process:
+        log_path = Path(s.cfg.run.output) / "log.jsonl"
+        kept = [ln for ln in (log_path.read_text().splitlines() if log_path.is_file() else [])
+                if ln.strip() and json.loads(ln)["step"] <= s.start]
+        write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
+    acc.wait_for_everyone()
+    acc.print(f"resumed from {path} (step {s.start})")
 
 
 def validate(s: Session, path: Path) -> None:
     run, d = s.cfg.run, s.cfg.data
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
-    validation_grid(s.pipe, s.method.trainable_parameters(), prompt_trigger=run.validation_prompt,
+    validation_grid(s.method, prompt_trigger=run.validation_prompt,
                     prompt_plain=plain_prompt(run.validation_prompt, d.trigger, d.preserve_prompt, d.class_noun),
                     num_images=run.validation_images, steps=run.validation_steps,
                     guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
@@ -201,26 +267,49 @@ def validate(s: Session, path: Path) -> None:
 
 
 def train_step(s: Session) -> dict[str, float | None]:
-    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the averaged loss terms."""
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; returns the averaged loss terms.
+
+    A non-finite loss on any process stops every process before the optimizer touches the weights (the
+    flag is summed across processes, so no rank steps on while another has stopped).
+    """
     o, acc = s.cfg.optim, s.accelerator
     n = o.gradient_accumulation_steps
     terms: dict[str, float | None] = {"loss": 0.0}
     for _ in range(n):
         batch = s.sampler.next().to(acc.device, s.weight_dtype)
-        with acc.accumulate(s.method.forward_model), acc.autocast():
+        with acc.accumulate(*s.method.wrapped.values()), acc.autocast():
             out = s.method.forward_backward(batch, acc.backward)
         terms["loss"] += out.total.item() / n
         for k, v in out.terms.items():
             terms[k] = None if v is None else terms.get(k, 0.0) + v / n
-    if not math.isfinite(terms["loss"]):
+    bad = torch.tensor([0.0 if math.isfinite(terms["loss"]) else 1.0], device=acc.device)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        terms["loss"] = terms["loss"] if not math.isfinite(terms["loss"]) else float("nan")
         return terms  # the caller stops before the optimizer touches the weights
     if acc.sync_gradients and o.max_grad_norm > 0:
-        acc.clip_grad_norm_(s.method.trainable_parameters(), o.max_grad_norm)
+        acc.clip_grad_norm_(s.method.parameters(), o.max_grad_norm)
     terms["lr"] = s.lr_scheduler.get_last_lr()[0]
     s.optimizer.step()
     s.lr_scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
+    s.method.after_step()
     return terms
+
+
+def checkpoint(s: Session, done: int) -> None:
+    """Gather every rank's RNG state; the main process writes the checkpoint."""
+    from accelerate.utils import gather_object
+
+    acc = s.accelerator
+    rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
+    if acc.is_main_process:
+        s.last_checkpoint = save_checkpoint(
+            Path(s.cfg.run.output), done, trained=s.method.state_dict(), optimizer=s.optimizer,
+            lr_scheduler=s.lr_scheduler, stream_state=s.sampler.state_dict(), rng_states=rngs,
+            scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None, limit=s.cfg.run.checkpoints_limit)
+    acc.wait_for_everyone()
 
 
 def run_loop(s: Session, *, progress: bool) -> None:
@@ -230,7 +319,7 @@ def run_loop(s: Session, *, progress: bool) -> None:
     main = s.accelerator.is_main_process
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
-    with (out / "log.jsonl").open("a") as log_file:
+    with (out / "log.jsonl").open("a") if main else _Null() as log_file:
         for step in bar:
             t0 = time.perf_counter()
             terms = train_step(s)
@@ -239,22 +328,69 @@ def run_loop(s: Session, *, progress: bool) -> None:
                 raise CatAdapterError(
                     f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
                     f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
-            record = {"step": done, **terms, "seconds": round(time.perf_counter() - t0, 4)}
-            if main:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
+            record = {"step": done, **terms, **extra_logs(s.method), "seconds": round(time.perf_counter() - t0, 4)}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k.startswith("loss") and v is not None})
-            if not main:
-                continue
             if run.checkpoint_every and (done % run.checkpoint_every == 0 or done == steps):
                 # the last step too, so that --resume --steps MORE can continue a finished run
-                s.last_checkpoint = save_checkpoint(out, done, adapter=peft_state_dict(s.pipe.unet), optimizer=s.optimizer,
-                                                    lr_scheduler=s.lr_scheduler, sampler_state=s.sampler.state_dict(),
-                                                    limit=run.checkpoints_limit)
-            if done == steps:
-                continue  # the final weights and grid are written by train()
+                checkpoint(s, done)
+            if done == steps or not main:
+                continue  # the final weights and grid are written by finish()
             if run.save_every and done % run.save_every == 0:
-                s.method.save(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
+                exported = s.method.export(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
+                write_adapter(s, out / f"step-{done}", exported)
                 validate(s, out / f"step-{done}" / "validation.png")
             elif run.validation_every and done % run.validation_every == 0:
                 validate(s, out / "validation" / f"step-{done:06d}.png")
+
+
+def extra_logs(method: Method) -> dict[str, float]:
+    """Per-part figures worth a log column (how far TI's rows moved from their initializer)."""
+    return {f"{p.kind}_drift": p.drift() for p in method.parts if hasattr(p, "drift")}
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, _):
+        pass
+
+    def flush(self):
+        pass
+
+
+def write_adapter(s: Session, folder: Path, exported: list) -> Path:
+    from cat_adapter.adapters import write_adapter_json
+
+    d = s.cfg.data
+    concept = {"name": Path(d.data).name, "trigger": d.trigger, "class_noun": d.class_noun,
+               "preserve_prompt": d.preserve_prompt, "caption_template": d.caption_template}
+    return write_adapter_json(folder, method=s.method.name, model=s.model, exported=exported, concepts=[concept])
+
+
+def finish(s: Session, t0: float) -> None:
+    """Final weights + adapter.json, the validation grid, then ``done.json`` (seconds, peak memory) last."""
+    out, run = Path(s.cfg.run.output), s.cfg.run
+    exported = s.method.export(out, dtype=DTYPES[run.save_dtype], export_format=run.export_format)
+    write_adapter(s, out, exported)
+    validate(s, out / "validation.png")
+    files = sorted({f for e in exported for f in e.files.values()})
+    write_json_atomic(out / DONE, {"seconds": round(time.perf_counter() - t0, 2), "peak_memory_mb": peak_memory_mb(),
+                                   "files": files, "adapter": "adapter.json", "steps": s.cfg.optim.steps})
+
+
+def peak_memory_mb() -> float | None:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

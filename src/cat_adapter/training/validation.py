@@ -7,25 +7,30 @@ from pathlib import Path
 
 import torch
 
-from cat_adapter.methods.lora.adapter import adapter_disabled
 from cat_adapter.sampling import generate, make_grid, save_image
 
 
-def validation_grid(pipe, params: list[torch.nn.Parameter], *, prompt_trigger: str, prompt_plain: str, num_images: int,
-                    steps: int, guidance_scale: float, resolution: int, path: Path, autocast=None) -> Path:
-    """Rows: base y_T, adapted y_T, base y, adapted y; columns: seeds 0..num_images-1."""
-    unet = pipe.unet
-    was_training = unet.training
-    unet.eval()
+def validation_grid(method, *, prompt_trigger: str, prompt_plain: str, num_images: int, steps: int,
+                    guidance_scale: float, resolution: int, path: Path, autocast=None) -> Path:
+    """Rows: base y_T, adapted y_T, base y, adapted y; columns: seeds 0..N-1. The base rows come from
+    ``method.base()`` (LoRA off, a full fine-tune's frozen copy, the tokenizer without added tokens).
+    Generation draws from its own generators: the run's RNG (dropout) is not touched."""
+    model = method.model
+    modules = list(method.modules().values())
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     seeds = list(range(num_images))
     kw = dict(steps=steps, guidance_scale=guidance_scale, height=resolution, width=resolution)
-    ctx = autocast if autocast is not None else nullcontext()
     rows, labels = [], []
-    with ctx:
-        for prompt in (prompt_trigger, prompt_plain):
-            with adapter_disabled(unet, params):
-                rows.append(generate(pipe, [prompt] * num_images, seeds, **kw))
-            rows.append(generate(pipe, [prompt] * num_images, seeds, **kw))
-            labels += [f"base: {prompt or '(empty)'}", f"adapted: {prompt or '(empty)'}"]
-    unet.train(was_training)
+    try:
+        with torch.random.fork_rng(devices=[]), (autocast if autocast is not None else nullcontext()):
+            for prompt in (prompt_trigger, prompt_plain):
+                with method.base():
+                    rows.append(generate(model, [prompt] * num_images, seeds, **kw))
+                rows.append(generate(model, [prompt] * num_images, seeds, **kw))
+                labels += [f"base: {prompt or '(empty)'}", f"adapted: {prompt or '(empty)'}"]
+    finally:
+        for m, s in zip(modules, states):
+            m.train(s)
     return save_image(make_grid(rows, row_labels=labels, col_labels=[f"seed {s}" for s in seeds]), path)

@@ -1,7 +1,7 @@
 """Tiny random-weight Stable Diffusion pipelines built from config (tests, benchmarks, smoke runs).
 
 They are saved as a standard ``StableDiffusionPipeline`` folder and loaded back through
-``models.load_pipeline``, the same path a real model takes. Their tokenizer is a character-level
+``models.load_model``, the same path a real model takes. Their tokenizer is a character-level
 CLIP BPE (every byte is a token), so any trigger tokenizes without unknown ids.
 """
 
@@ -12,18 +12,7 @@ from pathlib import Path
 
 import torch
 
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode character map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+from cat_adapter.data.bpe import bytes_to_unicode
 
 
 def build_char_tokenizer(folder: Path, *, model_max_length: int = 77):

@@ -17,7 +17,7 @@ def build_tiny_clip(folder: str | Path, *, seed: int = 0, image_size: int = 32, 
     """Write a CLIPModel + CLIPProcessor folder (char-level CLIPTokenizer, CLIPImageProcessor of ``image_size``)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
-    from cat_adapter.tiny import build_char_tokenizer
+    from cat_adapter.testing.tiny import build_char_tokenizer
 
     folder = Path(folder)
     tok_dir = folder / ".tokenizer-src"

@@ -1,0 +1,118 @@
+"""Loss terms and the one executor that runs them: concatenation and splitting of sub-batches live here.
+
+A term names the rows of the batch it predicts on (``Rows``: z_t, t, conditioning and a target, or
+no target when the target is the frozen model's prediction) and a pure loss over them. Terms of the
+``data`` group (identity, prior) always share one graded forward, as diffusers' DreamBooth scripts
+batch instance and class images. The ``preservation`` group (CAT) joins that forward in ``fast``
+mode, or runs after the data terms' backward in ``lean`` mode, whose peak memory is then close to
+plain LoRA's. Both give the same gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cat_adapter.diffusion import mse
+from cat_adapter.methods.base import BackwardFn, LossOutput
+from cat_adapter.models.base import Cond, TokenIds
+
+
+@dataclass
+class Rows:
+    """One term's sub-batch: predictions eps(z_t, t, cond) compared with ``target`` (None: frozen model's)."""
+    z_t: torch.Tensor
+    t: torch.Tensor
+    cond: Cond
+    target: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.z_t.shape[0]
+
+
+class StepInputs:
+    """What the terms of one step share: the batch, z_t and target of the instance stream, prompt encoding."""
+
+    def __init__(self, method, batch):
+        self.method, self.batch, self.model = method, batch, method.model
+        inst = batch.instance
+        obj = self.model.objective
+        self.z_t = obj.noisy(inst.latents, inst.noise, inst.timesteps)
+        self.target = obj.target(inst.latents, inst.noise, inst.timesteps)
+        self._encoded: dict[str, Cond] = {}
+
+    def prompts(self, name: str) -> Cond:
+        """A cached ``Cond`` as it is; token ids encoded now, with gradients to the trainable tokens."""
+        p = self.batch.prompts[name]
+        if isinstance(p, TokenIds):
+            if name not in self._encoded:
+                self._encoded[name] = self.model.text.encode_ids(p.ids, self.method.wrapped.get("text_encoder"))
+            return self._encoded[name]
+        return p
+
+
+def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 (and Eq. 3's first term): ||target - eps_theta(z_t, t, tau(y_T))||^2, target eps or v."""
+    return mse(pred_trigger, target)
+
+
+class IdentityTerm:
+    name, group = "identity", "data"
+
+    def __init__(self, cfg):
+        self.weight = 1.0
+
+    def rows(self, s: StepInputs) -> Rows:
+        return Rows(s.z_t, s.batch.instance.timesteps, s.prompts("trigger"), s.target)
+
+    loss = staticmethod(identity_loss)
+
+
+def concat_rows(rows: list[Rows]) -> tuple[torch.Tensor, torch.Tensor, Cond, list[int]]:
+    """One batch of every term's rows, in order, and the sizes to split the prediction by."""
+    if len(rows) == 1:
+        r = rows[0]
+        return r.z_t, r.t, r.cond, [len(r)]
+    return (torch.cat([r.z_t for r in rows]), torch.cat([r.t for r in rows]), Cond.cat([r.cond for r in rows]),
+            [len(r) for r in rows])
+
+
+def _predict(model, rows: list[Rows]) -> list[torch.Tensor]:
+    z, t, cond, sizes = concat_rows(rows)
+    return list(torch.split(model.predict(z, t, cond), sizes))
+
+
+def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
+    """Every term's loss, weighted and backpropagated; the loss terms are logged as ``loss_<name>``."""
+    s = StepInputs(method, batch)
+    model = method.model
+    data = [(term, term.rows(s)) for term in method.terms if term.group == "data"]
+    held = [(term, term.rows(s)) for term in method.terms if term.group != "data"]
+    values: dict[str, torch.Tensor] = {}
+
+    def frozen_targets() -> None:
+        for _, r in held:
+            with method.frozen():
+                r.target = model.predict(r.z_t, r.t, r.cond)
+
+    if method.cat_mode == "fast" or not held:
+        frozen_targets()
+        preds = _predict(model, [r for _, r in data + held])
+        for (term, r), pred in zip(data + held, preds):
+            values[term.name] = term.loss(pred, r.target)
+        total = sum(term.weight * values[term.name] for term, _ in data + held)
+        backward(total)
+    else:
+        preds = _predict(model, [r for _, r in data])
+        for (term, r), pred in zip(data, preds):
+            values[term.name] = term.loss(pred, r.target)
+        data_total = sum(term.weight * values[term.name] for term, _ in data)
+        backward(data_total)  # frees the data terms' activations before the preservation graph is built
+        frozen_targets()
+        total = data_total.detach()
+        for term, r in held:
+            values[term.name] = term.loss(_predict(model, [r])[0], r.target)
+            backward(term.weight * values[term.name])  # also at weight 0: a zero gradient, LoRA's update bit for bit
+            total = total + term.weight * values[term.name].detach()
+    return LossOutput(total.detach(), {f"loss_{k}": v.item() for k, v in values.items()})

@@ -1,0 +1,205 @@
+"""What every model family shares: conditioning objects, the family registry, model identity.
+
+A family (``sd`` here; ``sdxl`` and ``flux`` later) is a class registered by name. ``load_model``
+returns one object that owns how the denoiser is called (``predict(z_t, t, cond)``), the text side
+(tokenizers, encoders, added tokens, which prompts can be cached), the training objective and
+how its LoRA is saved and loaded. Nothing outside ``models/`` names a U-Net.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cat_adapter.errors import CatAdapterError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+# ------------------------------------------------------------------------------------------ conditioning
+def _cast(t: torch.Tensor, device, dtype) -> torch.Tensor:
+    """Move ``t``; only floating-point tensors take ``dtype`` (ids and sizes stay integer)."""
+    return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+
+
+@dataclass
+class Cond:
+    """Text conditioning of a batch of rows: hidden states now; pooled embeddings and extra ids later."""
+
+    hidden: torch.Tensor                               # (N, L, D) encoder hidden states
+    pooled: torch.Tensor | None = None                 # (N, P) pooled embedding (SDXL, Flux)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row extras, first dim N
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def to(self, device, dtype: torch.dtype | None = None) -> "Cond":
+        return Cond(_cast(self.hidden, device, dtype), None if self.pooled is None else _cast(self.pooled, device, dtype),
+                    {k: _cast(v, device, dtype) for k, v in self.extra.items()})
+
+    def __getitem__(self, idx) -> "Cond":
+        return Cond(self.hidden[idx], None if self.pooled is None else self.pooled[idx],
+                    {k: v[idx] for k, v in self.extra.items()})
+
+    def repeat(self, n: int) -> "Cond":
+        """The rows n times over: [c; c; ...] (as ``Tensor.repeat`` on the batch dimension)."""
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.repeat(n, *([1] * (t.dim() - 1)))
+        return Cond(rep(self.hidden), None if self.pooled is None else rep(self.pooled),
+                    {k: rep(v) for k, v in self.extra.items()})
+
+    def expand_row(self, i: int, n: int) -> "Cond":
+        """Row i broadcast to n rows (a pool prompt over every latent of a batch)."""
+        def ex(t: torch.Tensor) -> torch.Tensor:
+            return t[i].unsqueeze(0).expand(n, *t.shape[1:])
+        return Cond(ex(self.hidden), None if self.pooled is None else ex(self.pooled),
+                    {k: ex(v) for k, v in self.extra.items()})
+
+    @staticmethod
+    def cat(conds: list["Cond"]) -> "Cond":
+        pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
+        return Cond(torch.cat([c.hidden for c in conds]), pooled,
+                    {k: torch.cat([c.extra[k] for c in conds]) for k in conds[0].extra})
+
+
+@dataclass
+class TokenIds:
+    """Prompts kept as token ids because they hold a trainable token: encoded in the step, with gradients."""
+
+    ids: torch.Tensor                                   # (N, L) long
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def to(self, device, dtype: torch.dtype | None = None) -> "TokenIds":
+        return TokenIds(self.ids.to(device), {k: _cast(v, device, dtype) for k, v in self.extra.items()})
+
+    def __getitem__(self, idx) -> "TokenIds":
+        return TokenIds(self.ids[idx], {k: v[idx] for k, v in self.extra.items()})
+
+
+# ------------------------------------------------------------------------------------------ model spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the base model comes from (the --model options)."""
+
+    model: str
+    revision: str | None = None
+    variant: str | None = None
+    single_file_config: str | None = None
+    allow_pickle: bool = False
+    option: str = "--model"
+
+
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` that is not a local path."""
+    parts = spec.split("/")
+    return (len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+            and not Path(spec).exists() and Path(spec).suffix.lower() not in SINGLE_FILE_SUFFIXES)
+
+
+def _file_digest(path: Path, h) -> None:
+    """Size plus the first and last MiB: a content fingerprint that is cheap on multi-GB weights."""
+    size = path.stat().st_size
+    h.update(f"{size}:".encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read(1 << 20))
+
+
+def model_identity(spec: ModelSpec, resolved: str) -> dict:
+    """How adapter.json and class-image manifests name a base model: hub id + revision, or a content hash.
+
+    ``fingerprint`` covers every file of a local folder (or the single file) by relative path, size and
+    the first and last MiB of its bytes: a copy of the folder has the same fingerprint, a retrained
+    model does not.
+    """
+    from cat_adapter.plugins import is_alias
+
+    path = Path(resolved).expanduser()
+    ident: dict = {"model": spec.model}
+    if is_alias(spec.model, "pipeline"):
+        ident["alias"] = spec.model.strip().lower()
+    if path.exists():
+        h = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in files:
+            if any(part.startswith(".") for part in p.relative_to(path).parts) if path.is_dir() else False:
+                continue
+            h.update((str(p.relative_to(path)) if path.is_dir() else p.name).encode())
+            _file_digest(p, h)
+        ident["fingerprint"] = h.hexdigest()[:32]
+    else:
+        ident["revision"] = spec.revision or "main"
+    if spec.variant:
+        ident["variant"] = spec.variant
+    return ident
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Two identities name the same weights: equal fingerprints, or equal hub id and revision."""
+    if a.get("fingerprint") and b.get("fingerprint"):
+        return a["fingerprint"] == b["fingerprint"]
+    return (a.get("model"), a.get("revision"), a.get("variant")) == (b.get("model"), b.get("revision"), b.get("variant"))
+
+
+# ------------------------------------------------------------------------------------------ registry
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_classes: tuple[str, ...]        # model_index.json _class_name values this family loads
+    load: Callable                          # (spec, resolved path, dtype) -> model object
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    from cat_adapter.models import sd  # noqa: F401  (registers the built-in families)
+
+    return dict(_FAMILIES)
+
+
+def family_of(resolved: str, option: str) -> Family:
+    """The family of a local pipeline folder (by model_index.json), or of a file or hub id (sd for now)."""
+    fams = families()
+    path = Path(resolved).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():
+        try:
+            name = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CatAdapterError(f"{option} {resolved}: model_index.json is not valid JSON") from None
+        for fam in fams.values():
+            if name in fam.pipeline_classes:
+                return fam
+        known = ", ".join(c for f in fams.values() for c in f.pipeline_classes)
+        raise CatAdapterError(f"{option} {resolved}: a {name} folder; this version trains {known} models "
+                              "(SDXL and Flux families are not built yet)")
+    return fams["sd"]
+
+
+def load_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32):
+    """The model object of ``spec`` (aliases such as ``toy`` resolved), its weights in ``dtype``."""
+    from cat_adapter.plugins import resolve_alias
+
+    resolved = resolve_alias(spec.model, "pipeline", spec.option)
+    return family_of(resolved, spec.option).load(spec, resolved, dtype)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
