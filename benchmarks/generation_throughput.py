@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cat_adapter.io import write_json_atomic
     from cat_adapter.models import load_pipeline
-    from cat_adapter.tiny import build_tiny_pipeline
+    from cat_adapter.testing.tiny import build_tiny_pipeline
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

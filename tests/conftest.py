@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight SD pipeline folder: U-Net (32, 64), latents 4x8x8, images 16x16."""
-    from cat_adapter.tiny import build_tiny_pipeline
+    from cat_adapter.testing.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
@@ -24,7 +24,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_v(tmp_path_factory):
     """The same architecture with a v-prediction scheduler (SD 2.x 768 style)."""
-    from cat_adapter.tiny import build_tiny_pipeline
+    from cat_adapter.testing.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_v") / "model", seed=1, prediction_type="v_prediction")
 
@@ -32,6 +32,6 @@ def tiny_model_v(tmp_path_factory):
 @pytest.fixture
 def concept_dir(tmp_path):
     """Four 16x16 images of an orange circle, captions 'a photo of sks circle on a ... background'."""
-    from cat_adapter.tiny import write_shape_concept
+    from cat_adapter.testing.tiny import write_shape_concept
 
     return write_shape_concept(tmp_path / "concept", n=4, size=16)

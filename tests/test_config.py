@@ -14,17 +14,17 @@ def test_defaults_are_the_papers():
     cfg = build_config(overrides=REQ)
     assert (cfg.optim.lr, cfg.optim.steps, cfg.optim.weight_decay) == (1e-4, 600, 0.01)
     assert (cfg.optim.adam_beta1, cfg.optim.adam_beta2, cfg.optim.adam_epsilon) == (0.9, 0.999, 1e-8)
-    assert cfg.method.cat_alpha == 1.0 and cfg.method.method == "cat"
-    assert cfg.method.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert cfg.preservation.cat_alpha == 1.0 and cfg.method.method == "cat"
+    assert cfg.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def test_file_then_flags(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"cat-alpha": 0.5, "steps": 10, "optim": {"lr": 3e-4}, "target_modules": "to_q,to_v", **REQ}))
     cfg = build_config(load_config_file(f), {"steps": "20"})
-    assert cfg.method.cat_alpha == 0.5 and cfg.optim.lr == 3e-4
+    assert cfg.preservation.cat_alpha == 0.5 and cfg.optim.lr == 3e-4
     assert cfg.optim.steps == 20  # the flag wins over the file
-    assert cfg.method.target_modules == ["to_q", "to_v"]
+    assert cfg.lora.target_modules == ["to_q", "to_v"]
     # The saved (sectioned) form rebuilds the same config.
     assert config_from_dict(cfg.to_dict()) == cfg
 

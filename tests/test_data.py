@@ -3,10 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cat_adapter.data.cache import BatchSampler, build_cache
+from cat_adapter.data.cache import StreamSampler, build_cache
 from cat_adapter.data.concept import load_concept, open_image, resize_center_crop
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.models import load_pipeline
+from cat_adapter.diffusion import DDPMObjective
+from cat_adapter.models import Cond, ModelSpec, TokenIds, load_model
 
 
 def test_modes_are_converted_to_rgb(tmp_path):
@@ -58,32 +59,66 @@ def test_captions_template_and_missing_trigger(tmp_path):
 
 
 def test_cache_holds_both_flips_and_sampler_is_seeded(tiny_model, concept_dir):
-    pipe = load_pipeline(str(tiny_model))
+    model = load_model(ModelSpec(str(tiny_model)))
     items = load_concept(concept_dir, trigger="sks", class_noun="circle")
-    cache = build_cache(pipe, items, resolution=16, random_flip=True, device="cpu", pool_prompts=["a square", "a star"])
+    cache = build_cache(model, items, resolution=16, random_flip=True, device="cpu", pool_prompts=["a square", "a star"])
     n = len(items)
-    assert cache.latent_mean.shape == (2, n, 4, 8, 8)
+    inst = cache.instance
+    assert inst.latent_mean.shape == (2, n, 4, 8, 8)
     # The flipped copy is the encoding of the flipped image, not a flip of the latent.
-    assert not torch.allclose(cache.latent_mean[0], cache.latent_mean[1])
-    assert cache.emb_trigger.shape[0] == n and cache.emb_pool.shape[0] == 2
-    assert not torch.equal(cache.emb_trigger, cache.emb_plain)
+    assert not torch.allclose(inst.latent_mean[0], inst.latent_mean[1])
+    assert len(inst.prompts) == n and len(cache.pool) == 2
+    assert not torch.equal(inst.prompts.hidden, inst.plain.hidden)
+    objective = DDPMObjective(model.pipe.scheduler.config)
+
+    def sampler(seed, **kw):
+        return StreamSampler(cache, batch_size=kw.pop("batch_size", 3), pool_size=1, objective=objective, seed=seed, **kw)
 
     def draws(seed):
-        s = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=seed)
+        s = sampler(seed)
         return [s.next() for _ in range(3)]
 
     a, b, c = draws(0), draws(0), draws(1)
-    assert all(torch.equal(x.noise, y.noise) and torch.equal(x.latents, y.latents) for x, y in zip(a, b))
-    assert not torch.equal(a[0].noise, c[0].noise)
-    assert a[0].cond_pool.shape[0] == 1
+    assert all(torch.equal(x.instance.noise, y.instance.noise) and torch.equal(x.instance.latents, y.instance.latents)
+               for x, y in zip(a, b))
+    assert not torch.equal(a[0].instance.noise, c[0].instance.noise)
+    assert len(a[0].prompts["pool"]) == 1
     # Sampler state round-trips (resume).
-    s = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=0)
+    s = sampler(0)
     s.next()
     state = s.state_dict()
     nxt = s.next()
-    s2 = BatchSampler(cache, batch_size=3, pool_size=1, num_train_timesteps=1000, seed=5)
+    s2 = sampler(5)
     s2.load_state_dict(state)
-    assert torch.equal(s2.next().latents, nxt.latents)
+    assert torch.equal(s2.next().instance.latents, nxt.instance.latents)
+
+
+def test_global_stream_is_sliced_by_rank(tiny_model, concept_dir):
+    """Two processes with batch b draw exactly one process's batch 2b, split in halves; their stream states agree."""
+    model = load_model(ModelSpec(str(tiny_model)))
+    items = load_concept(concept_dir, trigger="sks", class_noun="circle")
+    cache = build_cache(model, items, resolution=16, random_flip=True, device="cpu")
+    objective = DDPMObjective(model.pipe.scheduler.config)
+    one = StreamSampler(cache, batch_size=4, pool_size=0, objective=objective, seed=7)
+    ranks = [StreamSampler(cache, batch_size=2, pool_size=0, objective=objective, seed=7, num_processes=2,
+                           process_index=r) for r in range(2)]
+    for _ in range(3):
+        whole, halves = one.next(), [r.next() for r in ranks]
+        for field in ("latents", "noise", "timesteps"):
+            joined = torch.cat([getattr(h.instance, field) for h in halves])
+            assert torch.equal(joined, getattr(whole.instance, field)), field
+        assert torch.equal(torch.cat([h.prompts["trigger"].hidden for h in halves]), whole.prompts["trigger"].hidden)
+    assert torch.equal(ranks[0].state_dict()["generator"], ranks[1].state_dict()["generator"])
+
+
+def test_batch_to_keeps_integer_tensors_integer():
+    from cat_adapter.data.batch import Batch, Noised
+
+    b = Batch(Noised(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2), torch.tensor([1, 999])),
+              {"trigger": TokenIds(torch.tensor([[1, 2, 3]])), "plain": Cond(torch.zeros(2, 3, 8))})
+    moved = b.to("cpu", torch.float16)
+    assert moved.instance.timesteps.dtype == torch.long and moved.prompts["trigger"].ids.dtype == torch.long
+    assert moved.instance.latents.dtype == torch.float16 and moved.prompts["plain"].hidden.dtype == torch.float16
 
 
 def test_orphan_caption_is_named_in_a_warning(tmp_path, caplog):

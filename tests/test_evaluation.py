@@ -26,8 +26,8 @@ EVAL_FLAGS = ["--images-per-prompt", "2", "--sample-steps", "2", "--seed", "0", 
 def world(tmp_path_factory, tiny_model):
     """A concept, a tiny CLIP, prompt files and a LoRA trained for a few steps on the tiny model."""
     from cat_adapter.config import build_config
-    from cat_adapter.evaluation.tiny_clip import build_tiny_clip
-    from cat_adapter.tiny import write_shape_concept
+    from cat_adapter.testing.tiny_clip import build_tiny_clip
+    from cat_adapter.testing.tiny import write_shape_concept
     from cat_adapter.training.loop import train
 
     root = tmp_path_factory.mktemp("eval")
@@ -106,7 +106,7 @@ def test_evaluate_writes_every_output(eval_lora, world):
     assert m["counts"]["prompt_score"] == 6 and m["counts"]["kps"] == 6 and m["counts"]["base_fidelity"] == 6
     assert m["counts"]["identity_score"] == 6 and m["counts"]["leakage"] == 4
     assert m["counts"]["class_diversity"] == 3 and set(m["clamped"]) >= {"prompt_score", "kps"}
-    assert m["clip"] == str(world.clip) and m["model"] == str(world.model) and m["lora"] == str(world.lora)
+    assert m["clip"] == str(world.clip) and m["model"] == str(world.model) and m["adapter"] == str(world.lora)
     assert m["seeds"] == [0, 1] and m["package_version"] and m["label"] == "lora"
     assert m["trigger"] == "sks" and m["preserve_prompt"] == "remove"   # read from the adapter's config.yaml
     pairs = read_pairs(eval_lora)
@@ -152,7 +152,7 @@ def test_pairs_csv_recomputes_metrics_json(eval_lora, world):
 def test_lora_none_differs_from_adapter_and_base_images_match(eval_lora, eval_base):
     """--lora none images differ from a trained adapter's; the adapter run's base images are the base model's."""
     m = json.loads((eval_base / "metrics.json").read_text())
-    assert m["label"] == "base" and m["lora"] is None and m["leakage"] is None
+    assert m["label"] == "base" and m["adapter"] is None and m["leakage"] is None
     assert abs(m["base_fidelity"] - 1.0) < 1e-9   # base vs itself
     diffs = [np.abs(_pixels(eval_lora / "images/trigger" / f.name) - _pixels(f)).max()
              for f in sorted((eval_base / "images/trigger").glob("*.png"))]
@@ -164,8 +164,9 @@ def test_lora_none_differs_from_adapter_and_base_images_match(eval_lora, eval_ba
 
 def test_pair_images_share_seed_and_batched_equals_single(world, tmp_path):
     """y and y_T of a row use one seed; an image depends on its prompt and seed only, not on its batch."""
+    from cat_adapter.adapters import load_adapter
     from cat_adapter.evaluation.generate import EvalPrompt, Job, plan_evaluation, render_jobs
-    from cat_adapter.models import load_lora, load_pipeline
+    from cat_adapter.models import ModelSpec, load_model
 
     plan = plan_evaluation([EvalPrompt("train", "a sks circle", "a circle", "a circle")],
                            [(world.concept / "00.png", "a sks circle")], ["a square"], [3, 4], out_dir=tmp_path,
@@ -174,13 +175,13 @@ def test_pair_images_share_seed_and_batched_equals_single(world, tmp_path):
     for r in plan.rows:
         assert len({seed_of[p] for p in (r.image_trigger, r.image_plain, r.base_image) if p is not None}) == 1
         assert all(seed_of[p] == r.seed for p in (r.image_plain, r.base_image))
-    pipe = load_pipeline(str(world.model))
-    load_lora(pipe, world.lora)
+    model = load_model(ModelSpec(str(world.model)))
+    adapter = load_adapter(world.lora).apply(model)
     jobs = [Job(f"{k}.png", p, s, a) for k, (p, s, a) in enumerate(
         [("a sks circle", 0, True), ("a circle", 1, True), ("a circle", 0, False), ("a square", 2, True),
          ("a circle", 0, True), ("a sks circle", 0, True)])]
-    render_jobs(pipe, jobs, tmp_path / "b8", has_adapter=True, steps=2, guidance_scale=7.5, batch_size=8)
-    render_jobs(pipe, jobs, tmp_path / "b1", has_adapter=True, steps=2, guidance_scale=7.5, batch_size=1)
+    render_jobs(model, jobs, tmp_path / "b8", adapter=adapter, steps=2, guidance_scale=7.5, batch_size=8)
+    render_jobs(model, jobs, tmp_path / "b1", adapter=adapter, steps=2, guidance_scale=7.5, batch_size=1)
     for j in jobs:  # tolerance: 1/255 per pixel (float reduction order may differ between batch sizes)
         assert np.abs(_pixels(tmp_path / "b8" / j.path) - _pixels(tmp_path / "b1" / j.path)).max() <= 1
     # the same prompt and seed at another batch position gives the same image
@@ -191,7 +192,7 @@ def test_pair_images_share_seed_and_batched_equals_single(world, tmp_path):
 
 def test_evaluate_loads_fp16_model_files_in_float32(world, tmp_path, monkeypatch):
     """evaluate runs the U-Net, VAE, text encoder and CLIP in float32 whatever dtype the files hold."""
-    import cat_adapter.models as models
+    import cat_adapter.models.sd as models
     from cat_adapter.evaluation import clip as clip_mod
 
     models.load_pipeline(str(world.model)).to(torch.float16).save_pretrained(tmp_path / "fp16", safe_serialization=True)
@@ -345,7 +346,7 @@ def _bad_evaluate_cases(world, tmp: Path) -> list[tuple[list, str]]:
         ([*base, *lora, "--clip", tmp / "notclip"], "not a CLIP model folder"),
         ([*base, *lora, "--clip", tmp / "empty"], "not a CLIP model folder"),
         ([*base, "--lora", tmp / "missing-lora"], "no such folder"),
-        ([*base, "--lora", tmp / "empty"], "no pytorch_lora_weights.safetensors"),
+        ([*base, "--lora", tmp / "empty"], "nothing recognisable here"),
         ([*base, "--lora", "none"], "--trigger is required"),
         ([*base, *lora, "--control-prompts", world.heldout], "must be trigger-free"),
     ]

@@ -11,10 +11,11 @@ import yaml
 from helpers import train_overrides
 from safetensors.torch import load_file
 
-from cat_adapter.config import MethodConfig, build_config, load_config_file
+from cat_adapter.adapters import load_adapter
+from cat_adapter.config import build_config, load_config_file
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.methods import get_method
-from cat_adapter.models import freeze, load_lora, load_pipeline
+from cat_adapter.methods.base import Method, build_method
+from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
 from cat_adapter.training.loop import train
 
 
@@ -34,7 +35,14 @@ def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_pat
     assert all({"step", "loss", "loss_identity", "loss_preservation", "lr"} <= set(x) for x in lines)
     assert all(abs(x["loss"] - (x["loss_identity"] + x["loss_preservation"])) < 1e-5 for x in lines)  # alpha 1
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["package_version"] and cfg["method"]["lora_alpha"] == 4.0  # resolved, not None
+    assert cfg["package_version"] and cfg["lora"]["lora_alpha"] == 4.0  # resolved, not None
+    assert "tokens" not in cfg  # only the sections the method reads
+    meta = json.loads((out / "adapter.json").read_text())
+    assert meta["kinds"] == ["lora"] and meta["family"] == "sd" and meta["format_version"] == 1
+    assert meta["files"] == {"lora": "pytorch_lora_weights.safetensors"} and meta["base_model"]["fingerprint"]
+    assert meta["concepts"] == [{"name": "concept", "trigger": "sks", "class_noun": "circle", "preserve_prompt": "remove",
+                                 "caption_template": "a photo of {trigger} {class_noun}"}]
+    assert json.loads((out / "done.json").read_text())["files"] == ["pytorch_lora_weights.safetensors"]
     assert (out / "validation.png").is_file() and (out / "step-2" / "validation.png").is_file()
     # The snapshot and the final weights both load into plain diffusers and change the U-Net.
     for folder in (out / "step-2", out):
@@ -48,15 +56,17 @@ def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_pat
 def test_saved_lora_loads_in_diffusers_with_equal_outputs(tiny_model, tmp_path, targets):
     """lora_alpha != rank: the scale survives only through the saved adapter metadata. Attention and
     conv targets mixed: one key style in the file, or diffusers drops part of the adapter."""
-    pipe = load_pipeline(str(tiny_model))
-    freeze(pipe.unet)
-    m = get_method("cat")(pipe.unet, None, MethodConfig(rank=4, lora_alpha=8.0, target_modules=targets))
+    model = load_model(ModelSpec(str(tiny_model)))
+    freeze(*model.frozen_components())
+    cfg = build_config(overrides=dict(model=str(tiny_model), data="-", output="-", class_noun="circle", rank=4,
+                                      lora_alpha=8.0, target_modules=targets))
+    m = build_method(cfg, model)
     g = torch.Generator().manual_seed(0)
-    for name, p in pipe.unet.named_parameters():
+    for name, p in model.denoiser.named_parameters():
         if "lora_" in name:
             p.data = 0.2 * torch.randn(p.shape, generator=g)
-    trained = unet_out(pipe.unet)
-    m.save(tmp_path / "lora", kohya=True)
+    trained = unet_out(model.denoiser)
+    m.export(tmp_path / "lora", export_format="kohya")
     for weight in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"):
         fresh = load_pipeline(str(tiny_model))
         fresh.load_lora_weights(str(tmp_path / "lora"), weight_name=weight)
@@ -82,15 +92,15 @@ def test_alpha_zero_cat_equals_lora_bit_for_bit(tiny_model, concept_dir, tmp_pat
 KILLER = textwrap.dedent("""
     import json, os, signal, sys
     from cat_adapter.config import build_config
-    from cat_adapter.methods.cat.method import CATMethod
+    from cat_adapter.methods.base import Method
     from cat_adapter.training.loop import train
-    calls, original = [0], CATMethod.forward_backward
+    calls, original = [0], Method.forward_backward
     def forward_backward(self, batch, backward):
         calls[0] += 1
         if calls[0] == int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
         return original(self, batch, backward)
-    CATMethod.forward_backward = forward_backward
+    Method.forward_backward = forward_backward
     train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
 """)
 
@@ -116,39 +126,35 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, concept_dir,
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model, concept_dir, tmp_path, monkeypatch):
-    from cat_adapter.methods.cat.method import CATMethod
-
-    calls, original = [0], CATMethod.forward_backward
+    calls, original = [0], Method.forward_backward
 
     def poisoned(self, batch, backward):
         calls[0] += 1
         if calls[0] == 4:
-            batch.noise[:] = float("nan")
+            batch.instance.noise[:] = float("nan")
         return original(self, batch, backward)
 
-    monkeypatch.setattr(CATMethod, "forward_backward", poisoned)
+    monkeypatch.setattr(Method, "forward_backward", poisoned)
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "nan", steps=6, checkpoint_every=2)
     with pytest.raises(CatAdapterError, match=r"non-finite loss .* step 4.*step-000002"):
         train(build_config(overrides=kw), progress=False)
     out = tmp_path / "nan"
     assert not (out / "pytorch_lora_weights.safetensors").exists()
-    ckpt = load_file(str(out / "checkpoints" / "step-000002" / "adapter.safetensors"))
+    ckpt = load_file(str(out / "checkpoints" / "step-000002" / "trained.safetensors"))
     assert all(torch.isfinite(v).all() for v in ckpt.values())
 
 
 def test_bf16_mixed_precision_keeps_lora_in_float32(tiny_model, concept_dir, tmp_path, monkeypatch):
-    from cat_adapter.methods.lora import method as lora_method
-
     seen = {}
-    original = lora_method.LoRAMethod.trainable_parameters
+    original = Method.parameters
 
     def spy(self):
         params = original(self)
         seen["dtypes"] = {p.dtype for p in params}
-        seen["frozen"] = self.unet.conv_in.weight.dtype
+        seen["frozen"] = self.model.denoiser.conv_in.weight.dtype
         return params
 
-    monkeypatch.setattr(lora_method.LoRAMethod, "trainable_parameters", spy)
+    monkeypatch.setattr(Method, "parameters", spy)
     out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "bf16", steps=2,
                                                        mixed_precision="bf16", save_dtype="float16",
                                                        gradient_accumulation_steps=2, batch_size=2,
@@ -156,8 +162,7 @@ def test_bf16_mixed_precision_keeps_lora_in_float32(tiny_model, concept_dir, tmp
     assert seen["dtypes"] == {torch.float32} and seen["frozen"] == torch.bfloat16
     w = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert {v.dtype for v in w.values()} == {torch.float16}
-    pipe = load_pipeline(str(tiny_model))
-    load_lora(pipe, out)  # loads through plain diffusers
+    load_pipeline(str(tiny_model)).load_lora_weights(str(out))  # loads through plain diffusers
 
 
 def test_preservation_pool(tiny_model, concept_dir, tmp_path):
@@ -185,9 +190,11 @@ def test_single_file_checkpoint_errors_are_one_line(tmp_path):
 
 
 def test_unknown_target_module_is_an_error(tiny_model):
-    pipe = load_pipeline(str(tiny_model))
+    model = load_model(ModelSpec(str(tiny_model)))
+    cfg = build_config(overrides=dict(model=str(tiny_model), data="-", output="-", class_noun="circle", method="lora",
+                                      target_modules=["to_q", "nonexistent"]))
     with pytest.raises(CatAdapterError, match="no U-Net module named nonexistent"):
-        get_method("lora")(pipe.unet, None, MethodConfig(target_modules=["to_q", "nonexistent"]))
+        build_method(cfg, model)
 
 
 def test_resume_a_finished_run_with_more_steps(tiny_model, concept_dir, tmp_path, monkeypatch):

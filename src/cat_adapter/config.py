@@ -257,7 +257,7 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
         if k in section_names and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 sk = str(sub_key).replace("-", "_")
-                if sk not in index:  # a known option under another section (an older layout) is accepted
+                if sk not in index or index[sk][0] != k:
                     raise CatAdapterError(f"{source}: unknown key '{k}.{sub_key}'")
                 flat[sk] = sub_value
         elif k in index:
