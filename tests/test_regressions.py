@@ -1,0 +1,108 @@
+"""Regression tests for the bugs of the review of 9fbf7e2 (../shared/REVIEW.md, section 3). The 2-process
+ones (stream per rank on resume, NaN on one rank, main-only set-up) are in test_distributed.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import train_overrides
+from safetensors.torch import load_file
+
+from cat_adapter.cli.main import main
+from cat_adapter.config import build_config
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.training.loop import train
+
+
+def test_resume_with_more_steps_under_a_steps_dependent_schedule_is_refused(tiny_model, concept_dir, tmp_path):
+    """Bug 1: cosine, 4 then 8 steps ran one step at lr 0. Now a one-line error naming both options."""
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "c", steps=4, checkpoint_every=2, lr_scheduler="cosine",
+                         cpu=True)
+    train(build_config(overrides=kw), progress=False)
+    with pytest.raises(CatAdapterError, match=r"--steps 8 .*--lr-scheduler cosine depends on --steps") as e:
+        train(build_config(overrides={**kw, "steps": 8, "resume": True}), progress=False)
+    assert "\n" not in str(e.value)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert lrs[-1] > 0 and len(lrs) == 4  # the finished run is untouched
+
+
+def test_checkpoint_holds_the_grad_scaler_state(tmp_path):
+    """Bug 5: an fp16 resume restarted at the default loss scale. The scaler state is saved and read back."""
+    from cat_adapter.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 7}
+    path = save_checkpoint(tmp_path, 3, trained={"lora.x": p.detach()}, optimizer=opt, lr_scheduler=sched,
+                           stream_state={"generator": torch.Generator().get_state(), "orders": {}},
+                           rng_states=[rng_state()], scaler_state=scaler)
+    assert load_checkpoint(path)["grad_scaler"] == scaler
+
+
+def test_ranks_and_runs_get_distinct_model_seeds():
+    """Bug 6: seed + rank made rank 1 of seed 0 replay rank 0 of seed 1 (same dropout masks)."""
+    from cat_adapter.training.loop import seed_model_randomness
+
+    def draw(seed, rank):
+        torch.manual_seed(seed)
+        seed_model_randomness(seed, rank)
+        return torch.rand(4)
+
+    assert not torch.equal(draw(0, 1), draw(1, 0))
+    assert not torch.equal(draw(0, 1), draw(0, 0))
+    assert torch.equal(draw(3, 0), (torch.manual_seed(3), torch.rand(4))[1])  # rank 0 keeps the run's own stream
+
+
+def test_validation_during_training_does_not_change_the_weights(tiny_model, concept_dir, tmp_path):
+    """Bug 7: validation consumed the global RNG (dropout masks): a run with grids differed from one without."""
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "a", steps=4, lora_dropout=0.2, cpu=True)
+    a = train(build_config(overrides={**kw, "validation_prompt": "a sks circle", "validation_every": 1,
+                                      "validation_steps": 2}), progress=False)
+    b = train(build_config(overrides={**kw, "output": str(tmp_path / "b")}), progress=False)
+    wa, wb = load_file(str(a / "pytorch_lora_weights.safetensors")), load_file(str(b / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert len(list((a / "validation").glob("*.png"))) == 3
+
+
+def test_generation_gives_each_image_its_own_generator(tiny_model):
+    """Bug 7: with a stochastic sampler paired images shared only their initial noise. An image now depends on its
+    seed alone, in any batch, with DDPM's ancestral noise too."""
+    from diffusers import DDPMScheduler
+
+    from cat_adapter.models import ModelSpec, load_model
+    from cat_adapter.sampling import generate
+
+    model = load_model(ModelSpec(str(tiny_model)))
+    model.pipe.scheduler = DDPMScheduler.from_config(model.pipe.scheduler.config)
+    together = generate(model, ["a circle", "a circle"], [5, 6], steps=3, height=16, width=16, batch_size=2)
+    alone = generate(model, ["a circle"], [6], steps=3, height=16, width=16, batch_size=1)
+    assert np.abs(np.asarray(together[1], dtype=np.int16) - np.asarray(alone[0], dtype=np.int16)).max() <= 1
+    state = torch.get_rng_state()
+    generate(model, ["a circle"], [1], steps=2, height=16, width=16)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+
+
+def test_checkpoint_with_missing_keys_fails(tiny_model, concept_dir, tmp_path):
+    """Bug 8: load_peft_state ignored missing keys, so a partial checkpoint resumed silently."""
+    from safetensors.torch import save_file
+
+    kw = train_overrides(tiny_model, concept_dir, tmp_path / "m", steps=4, checkpoint_every=2, cpu=True)
+    proc_out = train(build_config(overrides={**kw, "steps": 2}), progress=False)
+    f = proc_out / "checkpoints" / "step-000002" / "trained.safetensors"
+    state = load_file(str(f))
+    save_file({k: v for k, v in list(state.items())[1:]}, str(f))
+    with pytest.raises(CatAdapterError, match="checkpoint LoRA state does not match this run .*missing"):
+        train(build_config(overrides={**kw, "resume": True}), progress=False)
+
+
+def test_train_summary_names_the_files_the_method_wrote(tiny_model, concept_dir, tmp_path, capsys):
+    """Bug 9: the CLI printed pytorch_lora_weights.safetensors whatever the method wrote."""
+    args = ["train", "--model", str(tiny_model), "--data", str(concept_dir), "--output", str(tmp_path / "ti"),
+            "--class-noun", "circle", "--resolution", "16", "--steps", "2", "--method", "ti", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "learned_embeds.safetensors" in out and "pytorch_lora_weights" not in out
