@@ -12,7 +12,8 @@ timed runs use the default allocator. Time is the median over the timed steps
 
     python benchmarks/cat_cost.py                       # batches 4 and 16, 3 repeats
     python benchmarks/cat_cost.py --batches 4 --repeats 1 --steps 5
-Writes benchmarks/results/cat_cost-<device>.json and prints a table with ratios to LoRA.
+    python benchmarks/cat_cost.py --old-src /tmp/old/src   # also the code of another checkout (its src/), interleaved
+Writes benchmarks/results/cat_cost-<device>.json and prints a table with ratios to LoRA (and new / old).
 """
 
 from __future__ import annotations
@@ -38,12 +39,55 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def worker(variant: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+def _new_api(variant: str, batch: int, unet, device: str):
+    """The current API: the method the registry builds, on an SD model object around the benchmark U-Net."""
+    import types
+
     import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
+
+    from cat_adapter.config import build_config
+    from cat_adapter.data.batch import Batch, Noised
+    from cat_adapter.methods.base import build_method
+    from cat_adapter.models import Cond, SDModel, ModelSpec
+
+    model = SDModel(types.SimpleNamespace(unet=unet, scheduler=DDPMScheduler()), ModelSpec("bench"), "bench")
+    cfg = build_config(overrides=dict(model="bench", data="-", output="-", class_noun="x", **VARIANTS[variant]))
+    method = build_method(cfg, model)
+    method.train()
+    g = torch.Generator().manual_seed(1)
+
+    def make_batch():
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        inst = Noised(r(batch, 4, 16, 16), r(batch, 4, 16, 16), torch.randint(0, 1000, (batch,), generator=g))
+        return Batch(inst, {"trigger": Cond(r(batch, 77, 32)), "plain": Cond(r(batch, 77, 32))}).to(device)
+
+    return method.parameters(), method.forward_backward, make_batch
+
+
+def _old_api(variant: str, batch: int, unet, device: str):
+    """The API of cat-adapter <= 9fbf7e2 (methods subclass each other, Batch holds three embeddings)."""
+    import torch
+    from diffusers import DDPMScheduler
 
     from cat_adapter.config import MethodConfig
     from cat_adapter.methods import Batch, get_method
+
+    method = get_method(VARIANTS[variant]["method"])(unet, DDPMScheduler(), MethodConfig(**VARIANTS[variant]))
+    unet.train()
+    g = torch.Generator().manual_seed(1)
+
+    def make_batch():
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        return Batch(r(batch, 4, 16, 16), r(batch, 4, 16, 16), torch.randint(0, 1000, (batch,), generator=g),
+                     r(batch, 77, 32), r(batch, 77, 32)).to(device)
+
+    return method.trainable_parameters(), method.forward_backward, make_batch
+
+
+def worker(variant: str, batch: int, steps: int, warmup: int, device: str, code: str = "new") -> dict:
+    import torch
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
@@ -51,18 +95,11 @@ def worker(variant: str, batch: int, steps: int, warmup: int, device: str) -> di
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")).to(device)
     unet.requires_grad_(False)
-    method = get_method(VARIANTS[variant]["method"])(unet, DDPMScheduler(), MethodConfig(**VARIANTS[variant]))
-    unet.train()
-    opt = torch.optim.AdamW(method.trainable_parameters(), lr=1e-4, weight_decay=0.01)
-    g = torch.Generator().manual_seed(1)
-
-    def make_batch() -> Batch:
-        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-        return Batch(r(batch, 4, 16, 16), r(batch, 4, 16, 16), torch.randint(0, 1000, (batch,), generator=g),
-                     r(batch, 77, 32), r(batch, 77, 32)).to(device)
+    params, forward_backward, make_batch = (_new_api if code == "new" else _old_api)(variant, batch, unet, device)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
     def step() -> None:
-        method.forward_backward(make_batch(), lambda loss: loss.backward())
+        forward_backward(make_batch(), lambda loss: loss.backward())
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -85,7 +122,8 @@ def worker(variant: str, batch: int, steps: int, warmup: int, device: str) -> di
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
-    return {"variant": variant, "batch": batch, "median_s": statistics.median(times), "peak_above_model_mb": (peak - base) / 2**20}
+    return {"variant": variant, "batch": batch, "code": code, "median_s": statistics.median(times),
+            "peak_above_model_mb": (peak - base) / 2**20}
 
 
 def _run(cmd: list[str], env) -> dict:
@@ -101,48 +139,66 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--output", default=None)
-    p.add_argument("--worker", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--old-src", default=None, help="src/ folder of another checkout (e.g. a git worktree of "
+                   "9fbf7e2) whose code runs interleaved with this one, same settings")
+    p.add_argument("--worker", nargs=3, metavar=("VARIANT", "BATCH", "CODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.worker and a.worker[2] == "old":
+        sys.path.insert(0, a.old_src)
+        for name in [m for m in sys.modules if m.startswith("cat_adapter")]:
+            del sys.modules[name]
     import torch
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if a.worker:
-        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.steps, a.warmup, device)))
+        print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.steps, a.warmup, device, a.worker[2])))
         return
     # glibc keeps freed heap memory in the process and raises its mmap threshold dynamically, so RSS
     # would remember the largest tensor ever freed; a fixed threshold makes large tensors mmapped and
     # returned on free, and the peak RSS then follows live memory (what a GPU allocator reports).
     mem_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     runs = []
+    codes = ["new"] + (["old"] if a.old_src else [])
     for batch in a.batches:
         for rep in range(a.repeats):
-            for variant in VARIANTS:  # interleaved, so drift in machine load hits every variant alike
-                base_cmd = [sys.executable, __file__, "--worker", variant, str(batch), "--device", device]
+            for variant, code in [(v, c) for v in VARIANTS for c in codes]:  # interleaved: load drift hits all alike
+                base_cmd = [sys.executable, __file__, "--worker", variant, str(batch), code, "--device", device] + \
+                    (["--old-src", a.old_src] if a.old_src else [])
                 # Time with the default allocator; memory in a separate short run with the fixed threshold.
                 timed = _run(base_cmd + ["--steps", str(a.steps), "--warmup", str(a.warmup)], os.environ)
                 if device == "cpu":
                     timed["peak_above_model_mb"] = _run(base_cmd + ["--steps", "2", "--warmup", "1"], mem_env)["peak_above_model_mb"]
                 runs.append(timed)
-                print(f"  batch {batch} repeat {rep} {variant}: {timed['median_s']:.4f} s/step, "
+                print(f"  batch {batch} repeat {rep} {variant} ({code}): {timed['median_s']:.4f} s/step, "
                       f"{timed['peak_above_model_mb']:.0f} MB", file=sys.stderr)
     summary = {}
     for batch in a.batches:
-        rows = {v: [r for r in runs if r["variant"] == v and r["batch"] == batch] for v in VARIANTS}
+        rows = {v: [r for r in runs if r["variant"] == v and r["batch"] == batch and r["code"] == "new"] for v in VARIANTS}
         med = {v: (statistics.median(r["median_s"] for r in rs), statistics.median(r["peak_above_model_mb"] for r in rs))
                for v, rs in rows.items()}
         summary[str(batch)] = {v: {"s_per_step": t, "peak_above_model_mb": mem, "time_x_lora": t / med["lora"][0],
                                    "memory_x_lora": mem / med["lora"][1]} for v, (t, mem) in med.items()}
+        if a.old_src:
+            for v in VARIANTS:
+                old = [r for r in runs if r["variant"] == v and r["batch"] == batch and r["code"] == "old"]
+                t_old = statistics.median(r["median_s"] for r in old)
+                m_old = statistics.median(r["peak_above_model_mb"] for r in old)
+                summary[str(batch)][v].update({"old_s_per_step": t_old, "new_x_old_time": med[v][0] / t_old,
+                                               "old_peak_above_model_mb": m_old, "new_x_old_memory": med[v][1] / m_old})
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine()
     result = {"device": device, "device_name": name, "torch": torch.__version__, "repeats": a.repeats, "steps": a.steps,
+              "old_src": a.old_src,
               "unet": "block_out_channels (32,64,64), layers_per_block 2, latents 4x16x16", "summary": summary, "runs": runs}
     path = Path(a.output or Path(__file__).parent / "results" / f"cat_cost-{device.split(':')[0]}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    print("| variant | batch | s/step (x LoRA) | peak MB above model (x LoRA) |\n|---|---|---|---|")
+    print("| variant | batch | s/step (x LoRA) | peak MB above model (x LoRA) | new / old time | new / old memory |\n"
+          "|---|---|---|---|---|---|")
     for batch, rows in summary.items():
         for v, r in rows.items():
+            vs = (f"{r['new_x_old_time']:.2f} | {r['new_x_old_memory']:.2f}" if "new_x_old_time" in r else "- | -")
             print(f"| {v} | {batch} | {r['s_per_step']:.4f} ({r['time_x_lora']:.2f}) | "
-                  f"{r['peak_above_model_mb']:.0f} ({r['memory_x_lora']:.2f}) |")
+                  f"{r['peak_above_model_mb']:.0f} ({r['memory_x_lora']:.2f}) | {vs} |")
     print(f"wrote {path}")
 
 

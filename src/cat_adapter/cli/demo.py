@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Evaluation seeds per prompt.")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps,
                    help="Sampling steps of evaluation images (the toy model's recommendation is 30, toy info).")
+    p.add_argument("--methods", nargs="+", default=list(d.methods), metavar="METHOD",
+                   help="Methods to train and compare: lora cat cat_pool (the default set, about 4 minutes on 2 "
+                   "cores), dreambooth, ti (toy settings in the README).")
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.set_defaults(func=run)
 
@@ -52,10 +55,17 @@ def run(args: argparse.Namespace) -> int:
         raise CatAdapterError(f"--cat-alpha must be a non-negative number (got {args.cat_alpha})")
     if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
         raise CatAdapterError(f"--seeds must be distinct non-negative integers (got {args.seeds})")
+    from cat_adapter.toy.demo import EXTRA_METHODS, METHODS
+
+    unknown = [m for m in args.methods if m not in METHODS + EXTRA_METHODS]
+    if unknown or not args.methods or len(set(args.methods)) != len(args.methods):
+        raise CatAdapterError(f"--methods must be distinct names from {' '.join(METHODS + EXTRA_METHODS)} "
+                              f"(got {' '.join(args.methods)})")
     spec = load_spec(args.concept_spec) if args.concept_spec else validate_spec(dict(DEFAULT_SPEC), "built-in spec")
     if spec["resolution"] != 32:
         raise CatAdapterError(f"--concept-spec: resolution must be 32 for the toy model (got {spec['resolution']})")
     settings = DemoSettings(steps=args.steps, lr=args.lr, rank=args.rank, cat_alpha=args.cat_alpha, seeds=args.seeds,
-                            images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps)
+                            images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps,
+                            methods=list(args.methods))
     run_demo(args.output, spec, settings, cpu=args.cpu)
     return 0

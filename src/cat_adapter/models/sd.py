@@ -308,6 +308,15 @@ class SDModel:
         finally:
             self.pipe.unet, self._graded = current, graded
 
+    @contextmanager
+    def ungraded(self) -> Iterator[None]:
+        """Within the block ``predict`` runs the plain module, not accelerate's wrapper (the frozen pass)."""
+        graded, self._graded = self._graded, None
+        try:
+            yield
+        finally:
+            self._graded = graded
+
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The denoiser's output for noisy latents z_t at steps t under ``cond``: (B, C, h, w)."""
         net = self._graded if self._graded is not None else self.pipe.unet

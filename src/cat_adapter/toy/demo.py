@@ -24,7 +24,14 @@ from cat_adapter.toy.world import COLORS, PATTERN_WORDS, PATTERNS, SHAPES
 DEFAULT_SPEC = {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
                 "appearance": {"fill": "blue", "pattern": "stripes", "pattern_color": "yellow", "outline": "black"},
                 "num_images": 6, "seed": 0}
-METHODS = ("lora", "cat", "cat_pool")
+METHODS = ("lora", "cat", "cat_pool")               # the default set (about 4 minutes on 2 cores)
+EXTRA_METHODS = ("dreambooth", "ti")                # --methods may add them
+# Toy settings of the baselines (the demo's LoRA settings are 250 steps at lr 1e-3). DreamBooth's reference lr
+# (5e-6) and TI's (2e-3 for 3000 steps) are far from what 250 steps on the 2.2M-parameter toy U-Net need;
+# these were picked by a short sweep on the default concept (README, "Method defaults").
+TOY_BASELINES = {"dreambooth": dict(method="dreambooth", lr=1e-4, num_class_images=16, class_sample_steps=20,
+                                    class_guidance_scale=4.0),
+                 "ti": dict(method="ti", lr=2e-2)}
 MARKER = "demo.json"
 
 
@@ -44,6 +51,7 @@ class DemoSettings:
     # re-measured on the shipped U-Net).
     guidance_scale: float | None = 4.0
     pool_size: int = 1               # pool prompts per step for cat_pool
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
 
 
 def _article(word: str) -> str:
@@ -149,6 +157,13 @@ def toy_model_id() -> str:
     return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _drop(common: dict, method: str) -> dict:
+    """The shared settings a method reads (TI trains no LoRA: no --rank)."""
+    from cat_adapter.methods.registry import get_spec
+
+    return {k: v for k, v in common.items() if not (k == "rank" and "lora" not in get_spec(method).sections)}
+
+
 def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: bool = False) -> dict:
     from cat_adapter.config import build_config
     from cat_adapter.evaluation.evaluate import EvalOptions, evaluate
@@ -187,7 +202,10 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
                   validation_guidance_scale=guidance, cpu=cpu)
     variants = {"lora": dict(method="lora"), "cat": dict(method="cat", cat_alpha=settings.cat_alpha),
                 "cat_pool": dict(method="cat", cat_alpha=settings.cat_alpha, preserve_pool=str(out / "prompts" / "pool.txt"),
-                                 preserve_pool_size=settings.pool_size)}
+                                 preserve_pool_size=settings.pool_size),
+                "dreambooth": dict(TOY_BASELINES["dreambooth"], class_data=str(out / "class_images")),
+                "ti": dict(TOY_BASELINES["ti"])}
+    variants = {k: v for k, v in variants.items() if k in settings.methods}
     evaluation = dict(model="toy", data=str(out / "concept"), clip="toy", trigger=trigger, class_noun=noun,
                       prompts=str(out / "prompts" / "heldout.txt"), control_prompts=str(out / "prompts" / "control.txt"),
                       images_per_prompt=settings.images_per_prompt, sample_steps=sample_steps, guidance_scale=guidance,
@@ -200,7 +218,7 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
             run_dir = out / "train" / f"{name}-seed{seed}"
             t = time.time()
             print(f"training {name} (seed {seed}, {settings.steps} steps)")
-            train(build_config(overrides={**common, **extra, "seed": seed, "output": str(run_dir)}))
+            train(build_config(overrides={**_drop(common, extra["method"]), **extra, "seed": seed, "output": str(run_dir)}))
             print(f"  {time.time() - t:.0f} s; evaluating")
             evals.setdefault(name, []).append(evaluate(EvalOptions(adapter=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
                                                                    label=name, **evaluation)))

@@ -77,7 +77,7 @@ class LoraPart:
 
     @contextmanager
     def base(self) -> Iterator[None]:
-        with layers_disabled(self.layers), self.model.denoiser_swapped(self.model.denoiser):
+        with layers_disabled(self.layers), self.model.ungraded():
             yield
 
     def state_dict(self) -> dict[str, torch.Tensor]:
