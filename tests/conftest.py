@@ -35,3 +35,22 @@ def concept_dir(tmp_path):
     from cat_adapter.testing.tiny import write_shape_concept
 
     return write_shape_concept(tmp_path / "concept", n=4, size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_ddpm(tiny_model, tmp_path_factory):
+    """The tiny pipeline with an ancestral sampler (DDPMScheduler draws fresh noise at every step)."""
+    import json
+    import shutil
+
+    from diffusers import DDPMScheduler
+
+    folder = tmp_path_factory.mktemp("tiny_ddpm") / "model"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    shutil.rmtree(folder / "scheduler")
+    DDPMScheduler.from_config(config).save_pretrained(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDPMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,49 +100,72 @@ def pick_device(cpu: bool = False) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-def sample_to_folder(*, model: str, adapter: str | None, prompts: list[str], seed: int, num_images: int, output: Path,
-                     lora_scale: float = 1.0, steps: int = 30, guidance_scale: float = 7.5,
-                     resolution: int | None = None, batch_size: int = 4, negative_prompt: str | None = None,
-                     single_file_config: str | None = None, allow_pickle: bool = False, cpu: bool = False,
-                     overwrite: bool = False) -> list[Path]:
+@dataclass
+class SampleOptions:
+    """What ``cat-adapter sample`` takes (the CLI's flags, one field each), checked by ``validate``."""
+    model: str
+    prompts: list[str]
+    output: str
+    adapter: str | None = None        # any adapter folder or file; None or "none": the base model
+    lora_scale: float = 1.0
+    seed: int = 0
+    num_images: int = 4
+    steps: int = 30
+    guidance_scale: float = 7.5
+    resolution: int | None = None
+    batch_size: int = 4
+    negative_prompt: str | None = None
+    single_file_config: str | None = None
+    allow_pickle: bool = False
+    cpu: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> "SampleOptions":
+        from cat_adapter.options import check
+
+        for name in ("num_images", "steps", "batch_size"):
+            value = getattr(self, name)
+            check(value >= 1, "--" + name.replace("_", "-"), f"must be >= 1 (got {value})")
+        for name in ("lora_scale", "guidance_scale"):
+            value = getattr(self, name)
+            check(math.isfinite(value), "--" + name.replace("_", "-"), f"must be a finite number (got {value})")
+        check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "--resolution",
+              f"must be a positive multiple of 8 (got {self.resolution})")
+        out = Path(self.output)
+        check(not out.exists() or out.is_dir(), f"--output {out}:", "is a file; give a folder path")
+        check(not (out.exists() and any(out.iterdir())) or self.overwrite, f"--output {out}:",
+              "folder is not empty; pass --overwrite to replace its images")
+        if self.adapter and self.adapter.strip().lower() == "none":
+            self.adapter = None
+        return self
+
+
+def sample_to_folder(o: SampleOptions) -> list[Path]:
     """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``."""
     from cat_adapter.adapters import load_adapter
-    from cat_adapter.errors import CatAdapterError
     from cat_adapter.models import ModelSpec, load_model
 
-    for name, value in (("--num-images", num_images), ("--steps", steps), ("--batch-size", batch_size)):
-        if value < 1:
-            raise CatAdapterError(f"{name} must be >= 1 (got {value})")
-    for name, value in (("--lora-scale", lora_scale), ("--guidance-scale", guidance_scale)):
-        if not math.isfinite(value):
-            raise CatAdapterError(f"{name} must be a finite number (got {value})")
-    if resolution is not None and (resolution < 8 or resolution % 8):
-        raise CatAdapterError(f"--resolution must be a positive multiple of 8 (got {resolution})")
-    if output.exists() and not output.is_dir():
-        raise CatAdapterError(f"--output {output}: is a file; give a folder path")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise CatAdapterError(f"--output {output}: folder is not empty; pass --overwrite to replace its images")
-    if adapter and adapter.strip().lower() == "none":
-        adapter = None
-    found = load_adapter(adapter, allow_pickle=allow_pickle) if adapter else None  # fails before the model loads
-    m = load_model(ModelSpec(model, single_file_config=single_file_config, allow_pickle=allow_pickle))
+    o.validate()
+    output = Path(o.output)
+    found = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.adapter else None  # fails before the model loads
+    m = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
     if found:
-        found.apply(m, lora_scale)
-    m.to(pick_device(cpu))
-    seeds = [seed + i for i in range(num_images)]
-    images = generate(m, [p for p in prompts for _ in seeds], seeds * len(prompts), steps=steps,
-                      guidance_scale=guidance_scale, height=resolution, width=resolution,
-                      lora_scale=found.lora_scale if found else None, negative_prompt=negative_prompt,
-                      batch_size=batch_size)
-    if output.exists() and overwrite:
+        found.apply(m, o.lora_scale)
+    m.to(pick_device(o.cpu))
+    seeds = [o.seed + i for i in range(o.num_images)]
+    images = generate(m, [p for p in o.prompts for _ in seeds], seeds * len(o.prompts), steps=o.steps,
+                      guidance_scale=o.guidance_scale, height=o.resolution, width=o.resolution,
+                      lora_scale=found.lora_scale if found else None, negative_prompt=o.negative_prompt,
+                      batch_size=o.batch_size)
+    if output.exists() and o.overwrite:
         for old in list(output.glob("*-seed*.png")) + [output / "grid.png"]:
             old.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     files = []
     for k, img in enumerate(images):
-        i, s = divmod(k, num_images)
+        i, s = divmod(k, o.num_images)
         files.append(save_image(img, output / f"{i:02d}-seed{seeds[s]}.png"))
-    rows = [images[i * num_images:(i + 1) * num_images] for i in range(len(prompts))]
-    files.append(save_image(make_grid(rows, row_labels=prompts, col_labels=[f"seed {s}" for s in seeds]),
+    rows = [images[i * o.num_images:(i + 1) * o.num_images] for i in range(len(o.prompts))]
+    files.append(save_image(make_grid(rows, row_labels=o.prompts, col_labels=[f"seed {s}" for s in seeds]),
                             output / "grid.png"))
     return files

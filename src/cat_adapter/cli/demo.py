@@ -38,34 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import math
-
     from cat_adapter.errors import CatAdapterError
     from cat_adapter.toy.concept import load_spec, validate_spec
     from cat_adapter.toy.demo import DEFAULT_SPEC, DemoSettings, run_demo
 
-    for name, value, low in (("--steps", args.steps, 1), ("--rank", args.rank, 1),
-                             ("--images-per-prompt", args.images_per_prompt, 1),
-                             ("--sample-steps", args.sample_steps if args.sample_steps is not None else 1, 1)):
-        if value < low:
-            raise CatAdapterError(f"{name} must be >= {low} (got {value})")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise CatAdapterError(f"--lr must be a positive number (got {args.lr})")
-    if not (math.isfinite(args.cat_alpha) and args.cat_alpha >= 0):
-        raise CatAdapterError(f"--cat-alpha must be a non-negative number (got {args.cat_alpha})")
-    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-        raise CatAdapterError(f"--seeds must be distinct non-negative integers (got {args.seeds})")
-    from cat_adapter.toy.demo import EXTRA_METHODS, METHODS
-
-    unknown = [m for m in args.methods if m not in METHODS + EXTRA_METHODS]
-    if unknown or not args.methods or len(set(args.methods)) != len(args.methods):
-        raise CatAdapterError(f"--methods must be distinct names from {' '.join(METHODS + EXTRA_METHODS)} "
-                              f"(got {' '.join(args.methods)})")
+    settings = DemoSettings(steps=args.steps, lr=args.lr, rank=args.rank, cat_alpha=args.cat_alpha, seeds=args.seeds,
+                            images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps,
+                            methods=list(args.methods)).validate()
     spec = load_spec(args.concept_spec) if args.concept_spec else validate_spec(dict(DEFAULT_SPEC), "built-in spec")
     if spec["resolution"] != 32:
         raise CatAdapterError(f"--concept-spec: resolution must be 32 for the toy model (got {spec['resolution']})")
-    settings = DemoSettings(steps=args.steps, lr=args.lr, rank=args.rank, cat_alpha=args.cat_alpha, seeds=args.seeds,
-                            images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps,
-                            methods=list(args.methods))
     run_demo(args.output, spec, settings, cpu=args.cpu)
     return 0

@@ -32,13 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cat_adapter.sampling import sample_to_folder
+    from cat_adapter.sampling import SampleOptions, sample_to_folder
 
-    files = sample_to_folder(
-        model=args.model, adapter=args.adapter, lora_scale=args.lora_scale, prompts=args.prompt, seed=args.seed,
-        num_images=args.num_images, steps=args.steps, guidance_scale=args.guidance_scale,
-        resolution=args.resolution, batch_size=args.batch_size, negative_prompt=args.negative_prompt,
-        single_file_config=args.single_file_config, allow_pickle=args.allow_pickle, cpu=args.cpu, overwrite=args.overwrite,
-        output=Path(args.output))
+    names = SampleOptions.__dataclass_fields__
+    files = sample_to_folder(SampleOptions(prompts=args.prompt, **{k: v for k, v in vars(args).items() if k in names}))
     print(f"wrote {len(files) - 1} images and {files[-1]}")
     return 0

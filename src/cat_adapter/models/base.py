@@ -130,11 +130,13 @@ def model_identity(spec: ModelSpec, resolved: str) -> dict:
         ident["alias"] = spec.model.strip().lower()
     if path.exists():
         h = hashlib.sha256()
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for p in files:
-            if any(part.startswith(".") for part in p.relative_to(path).parts) if path.is_dir() else False:
-                continue
-            h.update((str(p.relative_to(path)) if path.is_dir() else p.name).encode())
+        if path.is_dir():  # hidden files (caches, editor files) are not part of the model
+            files = sorted((str(p.relative_to(path)), p) for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        else:
+            files = [(path.name, path)]
+        for name, p in files:
+            h.update(name.encode())
             _file_digest(p, h)
         ident["fingerprint"] = h.hexdigest()[:32]
     else:

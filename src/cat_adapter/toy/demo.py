@@ -53,6 +53,25 @@ class DemoSettings:
     pool_size: int = 1               # pool prompts per step for cat_pool
     methods: list[str] = field(default_factory=lambda: list(METHODS))
 
+    def validate(self) -> "DemoSettings":
+        import math
+
+        from cat_adapter.options import check
+
+        for name in ("steps", "rank", "images_per_prompt"):
+            check(getattr(self, name) >= 1, "--" + name.replace("_", "-"), f"must be >= 1 (got {getattr(self, name)})")
+        check(self.sample_steps is None or self.sample_steps >= 1, "--sample-steps",
+              f"must be >= 1 (got {self.sample_steps})")
+        check(math.isfinite(self.lr) and self.lr > 0, "--lr", f"must be a positive number (got {self.lr})")
+        check(math.isfinite(self.cat_alpha) and self.cat_alpha >= 0, "--cat-alpha",
+              f"must be a non-negative number (got {self.cat_alpha})")
+        check(all(x >= 0 for x in self.seeds) and len(set(self.seeds)) == len(self.seeds), "--seeds",
+              f"must be distinct non-negative integers (got {self.seeds})")
+        known = METHODS + EXTRA_METHODS
+        check(bool(self.methods) and all(m in known for m in self.methods) and len(set(self.methods)) == len(self.methods),
+              "--methods", f"must be distinct names from {' '.join(known)} (got {' '.join(self.methods)})")
+        return self
+
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"

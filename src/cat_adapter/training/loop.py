@@ -68,8 +68,13 @@ class Session:
     last_checkpoint: Path | None = None
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
-    """Train as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input."""
+def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
+    """Train as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input.
+
+    ``accelerator``: one the caller made and keeps (a harness that trains many times in one process, with one
+    precision setting). Without it each call makes its own and resets accelerate's process-wide state at the
+    end (accelerate keeps one precision setting per process), so a later call may use another precision.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -80,8 +85,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume":
         check_resume(cfg, out, checkpoints)
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
-                              gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps)
+    owned = accelerator is None
+    if owned:
+        accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
+                                  gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps)
+    elif accelerator.gradient_accumulation_steps != cfg.optim.gradient_accumulation_steps:
+        raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
     try:
         t0 = time.perf_counter()
         s = setup(cfg, items, pool, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
@@ -93,9 +102,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if accelerator.is_main_process:
             finish(s, t0)
         accelerator.wait_for_everyone()
-        accelerator.end_training()
+        if owned:
+            accelerator.end_training()
     finally:
-        AcceleratorState._reset_state()  # so a later train() in this process may use other precision settings
+        if owned:  # private, but the only way accelerate offers to change precision within one process
+            AcceleratorState._reset_state()
     return out
 
 
