@@ -85,6 +85,6 @@ def check_output_folder(output: str | os.PathLike, *, markers: tuple[str, ...], 
             else "pass --overwrite to replace it"
         raise CatAdapterError(f"{option} {out}: folder exists; {hint}")
     if not any((out / m).is_file() for m in markers):
-        raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to replace it "
-                              "with --overwrite, choose another folder")
+        raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to replace it, "
+                              "choose another folder")
     return "overwrite"

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     names = EvalOptions.__dataclass_fields__
     out = evaluate(EvalOptions(**{k: v for k, v in vars(args).items() if k in names}))
     m = json.loads((Path(out) / "metrics.json").read_text())
+    if m.get("adapter_recognised"):
+        print(f"adapter: {m['adapter_recognised']} ({'+'.join(m['adapter_kinds'])}) from {m['adapter']}")
     print(summary_line(m))
     print(f"wrote {out / 'metrics.json'}, pairs.csv, manifest.csv, images/ and grid.png")
     return 0

@@ -35,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from cat_adapter.sampling import SampleOptions, sample_to_folder
 
     names = SampleOptions.__dataclass_fields__
-    files = sample_to_folder(SampleOptions(prompts=args.prompt, **{k: v for k, v in vars(args).items() if k in names}))
+    options = SampleOptions(prompts=args.prompt, **{k: v for k, v in vars(args).items() if k in names})
+    files = sample_to_folder(options)
+    if options.adapter:
+        from cat_adapter.adapters import load_adapter
+
+        found = load_adapter(options.adapter, allow_pickle=options.allow_pickle)
+        print(f"adapter: {found.recognised} ({'+'.join(found.kinds)}) from {found.path}")
     print(f"wrote {len(files) - 1} images and {files[-1]}")
     return 0

@@ -133,14 +133,17 @@ def comparison_grid(rows: list[ManifestRow], *, max_prompts: int = 4, max_seeds:
         return None
     cells, labels = [], []
     blank = None
+    with_base = any(r.base_image is not None for r in picked.values())  # TI has no base column: y is the base's
     for (p, seed), r in picked.items():
-        row = [r.base_image, r.image_plain] + ([r.image_trigger] if trigger else [])
+        row = ([r.base_image] if with_base else []) + [r.image_plain] + ([r.image_trigger] if trigger else [])
         images = [open_image(x, "--manifest") if x is not None else None for x in row]
         size = next(im.size for im in images if im is not None)
         blank = blank or Image.new("RGB", size, (128, 128, 128))
         cells.append([im if im is not None else blank for im in images])
         labels.append(f"seed {seed} | {p}")
     cols = ["base y", "adapter y", "adapter y_T"] if trigger else ["base c", "adapter c"]
+    if not with_base:
+        cols = cols[1:]
     return make_grid(cells, row_labels=labels, col_labels=cols)
 
 

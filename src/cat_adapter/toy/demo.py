@@ -27,11 +27,12 @@ DEFAULT_SPEC = {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
 METHODS = ("lora", "cat", "cat_pool")               # the default set (about 4 minutes on 2 cores)
 EXTRA_METHODS = ("dreambooth", "ti")                # --methods may add them
 # Toy settings of the baselines (the demo's LoRA settings are 250 steps at lr 1e-3). DreamBooth's reference lr
-# (5e-6) and TI's (2e-3 for 3000 steps) are far from what 250 steps on the 2.2M-parameter toy U-Net need;
-# these were picked by a short sweep on the default concept (README, "Method defaults").
-TOY_BASELINES = {"dreambooth": dict(method="dreambooth", lr=1e-4, num_class_images=16, class_sample_steps=20,
+# (5e-6) and TI's (2e-3, 1 vector) learn nothing measurable on the 2.2M-parameter toy U-Net in a demo's budget;
+# these won a short sweep on the default concept (benchmarks/toy_baselines.py, README "Methods and their
+# defaults"). TI's steps are its own: a TI step costs a fifth of a DreamBooth step here.
+TOY_BASELINES = {"dreambooth": dict(method="dreambooth", lr=5e-4, num_class_images=16, class_sample_steps=20,
                                     class_guidance_scale=4.0),
-                 "ti": dict(method="ti", lr=2e-2)}
+                 "ti": dict(method="ti", lr=2e-2, num_vectors=4, steps=1000)}
 MARKER = "demo.json"
 
 
@@ -107,11 +108,10 @@ def check_prompt_sets(pool: list[str], controls: list[str]) -> None:
 
 
 def _prepare_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CatAdapterError(f"--output {out}: is a file; give a folder path")
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise CatAdapterError(f"--output {out}: exists and is not a demo folder (no {MARKER}); choose another --output")
+    """A new or empty folder, or a previous demo (which is replaced); any other folder is refused."""
+    from cat_adapter.io import check_output_folder
+
+    if check_output_folder(out, markers=(MARKER,), kind="a demo folder", overwrite=True) == "overwrite":
         print(f"replacing the previous demo in {out}")
         shutil.rmtree(out)
 
@@ -236,7 +236,7 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
         for name, extra in variants.items():
             run_dir = out / "train" / f"{name}-seed{seed}"
             t = time.time()
-            print(f"training {name} (seed {seed}, {settings.steps} steps)")
+            print(f"training {name} (seed {seed}, {extra.get('steps', settings.steps)} steps)")
             train(build_config(overrides={**_drop(common, extra["method"]), **extra, "seed": seed, "output": str(run_dir)}))
             print(f"  {time.time() - t:.0f} s; evaluating")
             evals.setdefault(name, []).append(evaluate(EvalOptions(adapter=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
