@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
                        file_source=f"--config {args.config}" if args.config else None)
     out = train(cfg, progress=not args.no_progress)
     import json
+    import os
 
-    done = json.loads((out / "done.json").read_text())
-    print(f"saved {', '.join(str(out / f) for f in done['files'])} and {out / 'adapter.json'}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, the main process speaks for all
+        done = json.loads((out / "done.json").read_text())
+        print(f"saved {', '.join(str(out / f) for f in done['files'])} and {out / 'adapter.json'}")
     return 0
