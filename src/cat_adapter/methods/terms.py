@@ -52,12 +52,30 @@ class StepInputs:
         return p
 
 
+class Term:
+    """What every loss term has: a name, a group (``data`` or ``preservation``), a weight, the rows it reads and a
+    pure loss; and two optional hooks the loop calls without knowing the term: ``check_inputs`` (cheap checks of
+    the term's own inputs before any model loads) and ``prepare`` (data it needs once the base model is loaded).
+    Both return keyword arguments of the training cache (``data.cache.build_cache``)."""
+
+    name: str
+    group: str
+
+    @classmethod
+    def check_inputs(cls, cfg) -> dict:
+        return {}
+
+    @classmethod
+    def prepare(cls, cfg, model, accelerator) -> dict:
+        return {}
+
+
 def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Eq. 1 (and Eq. 3's first term): ||target - eps_theta(z_t, t, tau(y_T))||^2, target eps or v."""
     return mse(pred_trigger, target)
 
 
-class IdentityTerm:
+class IdentityTerm(Term):
     name, group = "identity", "data"
 
     def __init__(self, cfg):

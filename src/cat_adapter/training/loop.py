@@ -21,7 +21,7 @@ import yaml
 import cat_adapter
 from cat_adapter.config import TrainConfig, config_from_dict, resume_mismatch, save_config
 from cat_adapter.data.cache import StreamSampler, build_cache
-from cat_adapter.data.concept import ConceptItem, load_concept, load_prompt_file
+from cat_adapter.data.concept import ConceptItem, load_concept
 from cat_adapter.data.prompts import has_trigger, plain_prompt
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import check_output_folder, write_json_atomic, write_text_atomic
@@ -38,18 +38,6 @@ MIXED = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
-
-
-def load_pool(cfg: TrainConfig) -> list[str] | None:
-    d, p = cfg.data, cfg.preservation
-    if not p.preserve_pool:
-        return None
-    prompts = load_prompt_file(p.preserve_pool, "--preserve-pool")
-    for i, x in enumerate(prompts):
-        if has_trigger(x, d.trigger):
-            raise CatAdapterError(f"--preserve-pool {p.preserve_pool}: prompt {i + 1} {x!r} contains the trigger "
-                                  f"'{d.trigger}'; the pool must be trigger-free")
-    return prompts
 
 
 @dataclass
@@ -81,7 +69,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
     out, run = Path(cfg.run.output), cfg.run
     mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
                                overwrite=run.overwrite, resume=run.resume)
-    items, pool = check_inputs(cfg)
+    items, inputs = check_inputs(cfg)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume":
         check_resume(cfg, out, checkpoints)
@@ -93,7 +81,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
         raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
     try:
         t0 = time.perf_counter()
-        s = setup(cfg, items, pool, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
+        s = setup(cfg, items, inputs, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
                                                                                       accelerator))
         if checkpoints:
             resume(s, checkpoints[-1])
@@ -110,23 +98,22 @@ def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
     return out
 
 
-def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], list[str] | None]:
-    """Cheap checks on every input before any model is loaded."""
+def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict]:
+    """Cheap checks on every input before any model is loaded; returns the concept and the terms' inputs."""
     d = cfg.data
     items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
                          missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
-    terms = registry.active_terms(registry.get_spec(cfg.method.method), cfg)
-    pool = load_pool(cfg) if "preservation" in terms else None
-    if cfg.preservation.preserve_pool and "preservation" not in terms:
-        log.warning("--preserve-pool is used by the preservation term only (--cat-alpha > 0); ignored")
-    if "prior" in terms:
-        from cat_adapter.methods.dreambooth.class_images import check_class_folder
-
-        check_class_folder(cfg)
+    inputs: dict = {}
+    for term in term_classes(cfg):
+        inputs.update(term.check_inputs(cfg))
     if cfg.run.validation_prompt and not has_trigger(cfg.run.validation_prompt, d.trigger):
         raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger '{d.trigger}'; "
                               "the grid compares it with its trigger-free form")
-    return items, pool
+    return items, inputs
+
+
+def term_classes(cfg: TrainConfig) -> list:
+    return [registry.term_class(n) for n in registry.active_terms(registry.get_spec(cfg.method.method), cfg)]
 
 
 def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
@@ -183,8 +170,7 @@ def portable(cfg: TrainConfig) -> TrainConfig:
                    run=replace(r, resume=False, overwrite=False))
 
 
-def setup(cfg: TrainConfig, items: list[ConceptItem], pool: list[str] | None, accelerator, *,
-          prepare_folder=None) -> Session:
+def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator, *, prepare_folder=None) -> Session:
     """Frozen model, output folder, class images, caches, method (adds its parts), optimizer, LR schedule, stream."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -197,11 +183,12 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], pool: list[str] | None, ac
     freeze(*model.frozen_components())
     if prepare_folder is not None:
         prepare_folder()
-    terms = registry.active_terms(registry.get_spec(cfg.method.method), cfg)
-    class_images = prior_images(cfg, model, accelerator) if "prior" in terms else None
+    inputs = dict(inputs)
+    for term in term_classes(cfg):  # data a term needs from the base model (DreamBooth's class images)
+        inputs.update(term.prepare(cfg, model, accelerator))
     method = build_method(cfg, model, need_base_copy=bool(run.validation_prompt))
     cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
-                        pool_prompts=pool, class_images=class_images)
+                        **inputs)
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -228,17 +215,6 @@ def seed_model_randomness(seed: int, rank: int) -> None:
         import numpy as np
 
         torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]))
-
-
-def prior_images(cfg: TrainConfig, model, accelerator) -> list[tuple[Path, str]]:
-    """DreamBooth's class images (generated on the main process) paired with the class prompt."""
-    from cat_adapter.methods.dreambooth.class_images import class_prompt, prepare_class_images
-
-    with accelerator.main_process_first():
-        paths = prepare_class_images(cfg, model, resolution=cfg.data.resolution, device=accelerator.device,
-                                     is_main=accelerator.is_main_process)
-    prompt = class_prompt(cfg)
-    return [(p, prompt) for p in paths]
 
 
 def resume(s: Session, path: Path) -> None:

@@ -22,3 +22,10 @@ class PreservationOptions:
     def validate(self, cfg) -> None:
         check(self.cat_alpha >= 0, "--cat-alpha", f"must be >= 0 (got {self.cat_alpha})")
         check(self.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
+        from cat_adapter.methods import registry
+
+        if self.preserve_pool and "preservation" not in registry.active_terms(registry.get_spec(cfg.method.method), cfg):
+            import logging
+
+            logging.getLogger("cat_adapter").warning(
+                "--preserve-pool is read by the preservation term only (--method cat, or --cat-alpha > 0); ignored")

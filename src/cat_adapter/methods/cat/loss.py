@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cat_adapter.diffusion import mse
+from cat_adapter.methods.terms import Term
 from cat_adapter.models.base import Cond
 
 
@@ -27,10 +28,31 @@ def plain_inputs(z_t: torch.Tensor, t: torch.Tensor, plain: Cond, pool: Cond | N
     return z_t.repeat(n, 1, 1, 1), t.repeat(n), Cond.cat(conds)
 
 
-class PreservationTerm:
+def load_pool(cfg) -> list[str] | None:
+    """``--preserve-pool``: one trigger-free prompt per line; a prompt with the trigger is an error naming it."""
+    from cat_adapter.data.concept import load_prompt_file
+    from cat_adapter.data.prompts import has_trigger
+    from cat_adapter.errors import CatAdapterError
+
+    d, p = cfg.data, cfg.preservation
+    if not p.preserve_pool:
+        return None
+    prompts = load_prompt_file(p.preserve_pool, "--preserve-pool")
+    for i, x in enumerate(prompts):
+        if has_trigger(x, d.trigger):
+            raise CatAdapterError(f"--preserve-pool {p.preserve_pool}: prompt {i + 1} {x!r} contains the trigger "
+                                  f"'{d.trigger}'; the pool must be trigger-free")
+    return prompts
+
+
+class PreservationTerm(Term):
     """alpha * ||eps_frozen(z_t, t, y) - eps_adapted(z_t, t, y)||^2 on the instance stream's z_t and t."""
 
     name, group = "preservation", "preservation"
+
+    @classmethod
+    def check_inputs(cls, cfg) -> dict:
+        return {"pool_prompts": load_pool(cfg)}
 
     def __init__(self, cfg):
         self.weight = float(cfg.preservation.cat_alpha)
