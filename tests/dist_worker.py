@@ -7,8 +7,12 @@ import sys
 from accelerate import PartialState
 
 from cat_adapter.config import build_config
-from cat_adapter.methods.base import Method
 from cat_adapter.training.loop import train
+
+try:  # cat-adapter <= 9fbf7e2 (to show its bugs): CAT was a class of its own
+    from cat_adapter.methods.cat.method import CATMethod as Method
+except ImportError:
+    from cat_adapter.methods.base import Method
 
 state = PartialState(cpu=True)
 expected = int(sys.argv[2])
@@ -21,7 +25,7 @@ if poison:  # {"rank": r, "call": k}: a NaN loss on one rank only
     def forward_backward(self, batch, backward):
         calls[0] += 1
         if state.process_index == poison["rank"] and calls[0] == poison["call"]:
-            batch.instance.noise[:] = float("nan")
+            getattr(batch, "instance", batch).noise[:] = float("nan")
         return original(self, batch, backward)
 
     Method.forward_backward = forward_backward

@@ -79,3 +79,5 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(runs, tmp_path):
     assert proc.returncode != 0
     assert "rank 0: CatAdapterError: non-finite loss" in proc.stderr and "rank 1: CatAdapterError" in proc.stderr
     assert not (tmp_path / "nan" / "pytorch_lora_weights.safetensors").exists()
+    log = [json.loads(x)["step"] for x in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2]  # rank 0 did not step on rank 1's NaN gradients
