@@ -1,5 +1,6 @@
-"""Regression tests for the bugs of the review of 9fbf7e2 (../shared/REVIEW.md, section 3). The 2-process
-ones (stream per rank on resume, NaN on one rank, main-only set-up) are in test_distributed.py."""
+"""Regression tests for the bugs of 9fbf7e2 (issue 9, point 7; ../shared/REVIEW.md section 3). The 2-process
+ones (7.2 stream per rank on resume, 7.3 NaN on one rank, 7.4 main-only set-up, 7.5 the global stream) are in
+test_distributed.py, 7.7 (toggles never unfreeze, frozen pass without dropout) in test_methods.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cat_adapter.training.loop import train
 
 
 def test_resume_with_more_steps_under_a_steps_dependent_schedule_is_refused(tiny_model, concept_dir, tmp_path):
-    """Bug 1: cosine, 4 then 8 steps ran one step at lr 0. Now a one-line error naming both options."""
+    """7.1: cosine, 4 then 8 steps ran one step at lr 0. Now a one-line error naming both options."""
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "c", steps=4, checkpoint_every=2, lr_scheduler="cosine",
                          cpu=True)
     train(build_config(overrides=kw), progress=False)
@@ -30,7 +31,7 @@ def test_resume_with_more_steps_under_a_steps_dependent_schedule_is_refused(tiny
 
 
 def test_checkpoint_holds_the_grad_scaler_state(tmp_path):
-    """Bug 5: an fp16 resume restarted at the default loss scale. The scaler state is saved and read back."""
+    """7.2: an fp16 resume restarted at the default loss scale. The scaler state is saved and read back."""
     from cat_adapter.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
 
     p = torch.nn.Parameter(torch.zeros(2))
@@ -44,7 +45,7 @@ def test_checkpoint_holds_the_grad_scaler_state(tmp_path):
 
 
 def test_ranks_and_runs_get_distinct_model_seeds():
-    """Bug 6: seed + rank made rank 1 of seed 0 replay rank 0 of seed 1 (same dropout masks)."""
+    """7.5: seed + rank made rank 1 of seed 0 replay rank 0 of seed 1 (same dropout masks)."""
     from cat_adapter.training.loop import seed_model_randomness
 
     def draw(seed, rank):
@@ -58,7 +59,7 @@ def test_ranks_and_runs_get_distinct_model_seeds():
 
 
 def test_validation_during_training_does_not_change_the_weights(tiny_model_ddpm, concept_dir, tmp_path):
-    """Bug 7: validation consumed the global RNG (an ancestral sampler's noise), which shifted the dropout masks:
+    """7.6: validation consumed the global RNG (an ancestral sampler's noise), which shifted the dropout masks:
     a run with grids ended with other weights than one without."""
     kw = train_overrides(tiny_model_ddpm, concept_dir, tmp_path / "a", steps=4, lora_dropout=0.2, cpu=True)
     a = train(build_config(overrides={**kw, "validation_prompt": "a sks circle", "validation_every": 1,
@@ -70,7 +71,7 @@ def test_validation_during_training_does_not_change_the_weights(tiny_model_ddpm,
 
 
 def test_an_image_depends_on_its_seed_alone_with_an_ancestral_sampler(tiny_model_ddpm, tmp_path):
-    """Bug 7: generation passed no generator, so with a stochastic sampler paired images shared only their
+    """7.6: generation passed no generator, so with a stochastic sampler paired images shared only their
     initial noise and an image depended on its batch. Now each image has its own generator."""
     from PIL import Image
 
@@ -93,7 +94,7 @@ def test_generation_leaves_the_global_rng_alone(tiny_model_ddpm):
 
 
 def test_checkpoint_with_missing_keys_fails(tiny_model, concept_dir, tmp_path):
-    """Bug 8: load_peft_state ignored missing keys, so a partial checkpoint resumed silently."""
+    """7.8: load_peft_state ignored missing keys, so a partial checkpoint resumed silently."""
     from safetensors.torch import save_file
 
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "m", steps=4, checkpoint_every=2, cpu=True)
@@ -107,7 +108,7 @@ def test_checkpoint_with_missing_keys_fails(tiny_model, concept_dir, tmp_path):
 
 
 def test_train_summary_names_the_files_the_method_wrote(tiny_model, concept_dir, tmp_path, capsys):
-    """Bug 9: the CLI printed pytorch_lora_weights.safetensors whatever the method wrote."""
+    """7.9: the CLI printed pytorch_lora_weights.safetensors whatever the method wrote."""
     args = ["train", "--model", str(tiny_model), "--data", str(concept_dir), "--output", str(tmp_path / "ti"),
             "--class-noun", "circle", "--resolution", "16", "--steps", "2", "--method", "ti", "--no-progress"]
     assert main(args) == 0
