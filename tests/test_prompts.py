@@ -44,3 +44,11 @@ def test_plain_prompt_modes():
     assert plain_prompt("a photo of sks", "sks", "class", "teapot") == "a photo of teapot"
     with pytest.raises(ValueError):
         plain_prompt("a sks teapot", "sks", "class", None)
+
+
+def test_replace_word_maps_the_trigger_but_not_the_token_itself():
+    from cat_adapter.data.prompts import replace_word
+
+    assert replace_word("a photo of sks teapot, sks's lid", "sks", "<sks>") == "a photo of <sks> teapot, <sks>'s lid"
+    assert replace_word("a photo of <sks> teapot", "sks", "<sks>") == "a photo of <sks> teapot"
+    assert replace_word("he asks sksx", "sks", "<sks>") == "he asks sksx"

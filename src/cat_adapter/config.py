@@ -1,11 +1,12 @@
 """Typed, validated training configuration.
 
-Layers, lowest first: dataclass defaults, then ``--config file.yaml``, then command-line flags.
+Layers, lowest first: dataclass defaults, the method's defaults, ``--config file.yaml``, command-line flags.
 Every field has a help text (it is the documentation of the flag of the same name), unknown
 keys are errors that name the key, and values are checked before any model is loaded.
 
 A config file may be flat (``cat_alpha: 1.0``; kebab-case keys are accepted too) or grouped in
-the sections that ``OUT/config.yaml`` is written with (``method: {cat_alpha: 1.0}``).
+the sections that ``OUT/config.yaml`` is written with (``preservation: {cat_alpha: 1.0}``); the method
+sections (``lora``, ``preservation``, ``prior``, ``tokens``) come from the method registry.
 """
 
 from __future__ import annotations

@@ -149,9 +149,9 @@ def sample_to_folder(o: SampleOptions) -> list[Path]:
     output = Path(o.output)
     found = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.adapter else None  # fails before the model loads
     m = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
+    m.to(pick_device(o.cpu))  # first: apply() keeps the base model's components where they are now
     if found:
         found.apply(m, o.lora_scale)
-    m.to(pick_device(o.cpu))
     seeds = [o.seed + i for i in range(o.num_images)]
     images = generate(m, [p for p in o.prompts for _ in seeds], seeds * len(o.prompts), steps=o.steps,
                       guidance_scale=o.guidance_scale, height=o.resolution, width=o.resolution,

@@ -158,9 +158,17 @@ class StreamSampler:
         return Batch(inst[mine], prompts, prior)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "orders": {k: o.state() for k, o in self.orders.items()}}
+        return {"generator": self.generator.get_state(), "orders": {k: o.state() for k, o in self.orders.items()},
+                "sizes": {k: o.n for k, o in self.orders.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        from cat_adapter.errors import CatAdapterError
+
+        sizes = {k: o.n for k, o in self.orders.items()}
+        if state.get("sizes", sizes) != sizes or set(state["orders"]) != set(self.orders):
+            raise CatAdapterError(f"--resume: the checkpoint's data stream has image sets of sizes "
+                                  f"{state.get('sizes')}, this run {sizes}; the concept or class folder changed "
+                                  "since the checkpoint")
         self.generator.set_state(state["generator"])
         for k, o in self.orders.items():
             o.load(state["orders"][k])

@@ -89,6 +89,7 @@ def fill_template(template: str, trigger: str, class_noun: str | None) -> str:
 def replace_word(prompt: str, trigger: str, token: str) -> str:
     """Every whole-word ``trigger`` -> ``token``, keeping a possessive or hyphen after it (``sks's`` -> ``<sks>'s``)."""
     t = trigger.strip()
-    before = r"(?<![\w'’-])" if re.match(r"\w", t) else ""
-    after = r"(?![\w])" if re.search(r"\w$", t) else ""
+    # Not inside the token itself: "<sks>" written by the user stays "<sks>" (not "<<sks>>").
+    before = r"(?<![\w'’<-])" if re.match(r"\w", t) else ""
+    after = r"(?![\w>])" if re.search(r"\w$", t) else ""
     return re.sub(rf"{before}{re.escape(t)}{after}", lambda _m: token, prompt, flags=re.IGNORECASE)

@@ -12,8 +12,10 @@ import torch
 
 @torch.no_grad()
 def prediction_drift(model, adapter, prompts: list[str], *, samples: int = 8, seed: int = 0,
-                     resolution: int | None = None) -> dict[str, float]:
-    """Per prompt: mean over ``samples`` of ||eps_adapted(z_t, t, y) - eps_base(z_t, t, y)||^2 / numel."""
+                     resolution: int | None = None, lora_scale: float | None = None) -> dict[str, float]:
+    """Per prompt: mean over ``samples`` of ||eps_adapted(z_t, t, y) - eps_base(z_t, t, y)||^2 / numel.
+
+    Each side encodes the prompt itself, so a text-encoder LoRA counts; ``lora_scale`` is the images'."""
     g = torch.Generator().manual_seed(seed)
     res = resolution or model.default_resolution
     z = torch.randn(samples, *model.latent_shape(res, res), generator=g)
@@ -22,10 +24,10 @@ def prediction_drift(model, adapter, prompts: list[str], *, samples: int = 8, se
     z, t = z.to(device, dtype), t.to(device)
     out = {}
     for prompt in dict.fromkeys(prompts):
-        cond = model.text.encode([prompt], device=device).to(device, dtype)
-        cond = cond.repeat(samples)
-        adapted = model.predict(z, t, cond).float()
+        cond = model.text.encode([prompt], device=device).to(device, dtype).repeat(samples)
+        adapted = model.predict(z, t, cond, lora_scale=lora_scale).float()
         with adapter.base(model):
+            cond = model.text.encode([prompt], device=device).to(device, dtype).repeat(samples)
             base = model.predict(z, t, cond).float()
         out[prompt] = torch.mean((adapted - base) ** 2).item()
     return out

@@ -149,9 +149,9 @@ def evaluate(o: EvalOptions) -> Path:
     device = pick_device(o.cpu)
     embedder = ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device)  # a bad CLIP fails before generating
     model = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
+    model.to(device)  # first: apply() keeps the base model's components where they are now
     if adapter is not None:
         adapter.apply(model, o.lora_scale)
-    model.to(device)
     seeds = [o.seed + k for k in range(o.images_per_prompt)]
     changes = adapter.changes_trigger_free if adapter is not None else True
     meta = {"label": default_label(o), "model": o.model, "adapter": o.adapter if o.has_adapter else None,
@@ -172,7 +172,7 @@ def evaluate(o: EvalOptions) -> Path:
         if adapter is not None and changes and o.drift_samples:
             plain = [p.plain for p in prompts] + list(controls)
             per_prompt = prediction_drift(model, adapter, plain, samples=o.drift_samples, seed=o.seed,
-                                          resolution=o.resolution)
+                                          resolution=o.resolution, lora_scale=adapter.lora_scale)
             meta["drift_plain"] = sum(per_prompt.values()) / len(per_prompt)
             meta["drift_plain_per_prompt"] = per_prompt
         # Score what the manifest says, read back from disk: the same path as ``cat-adapter score``.

@@ -317,10 +317,13 @@ class SDModel:
         finally:
             self._graded = graded
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """The denoiser's output for noisy latents z_t at steps t under ``cond``: (B, C, h, w)."""
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, lora_scale: float | None = None
+                ) -> torch.Tensor:
+        """The denoiser's output for noisy latents z_t at steps t under ``cond``: (B, C, h, w). ``lora_scale``
+        multiplies loaded LoRA layers, as ``--lora-scale`` does in sampling."""
         net = self._graded if self._graded is not None else self.pipe.unet
-        return net(z_t, t, encoder_hidden_states=cond.hidden, return_dict=False)[0]
+        kwargs = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
+        return net(z_t, t, encoder_hidden_states=cond.hidden, return_dict=False, **kwargs)[0]
 
     # ------------------------------------------------------------------------------------ latents
     @property

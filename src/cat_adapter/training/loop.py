@@ -38,6 +38,7 @@ MIXED = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
+CLASS_IMAGES_DEFAULT = "class_images"  # OUT/class_images: kept by --overwrite (methods/dreambooth/class_images.py)
 
 
 @dataclass
@@ -141,7 +142,10 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], mode: str, checkp
         if mode == "overwrite" or (mode == "resume" and not checkpoints):
             if mode == "resume":
                 log.warning("--resume: no checkpoint in %s, starting from step 0", out)
-            shutil.rmtree(out)
+            for entry in out.iterdir():  # all but the default class-image cache (it checks its own manifest)
+                if entry.name == CLASS_IMAGES_DEFAULT and entry.is_dir():
+                    continue
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE).unlink(missing_ok=True)
         # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
@@ -221,17 +225,17 @@ def resume(s: Session, path: Path) -> None:
     """Trained state, optimizer, LR schedule, data stream, GradScaler and this rank's RNG; the log is cut to it."""
     acc = s.accelerator
     ckpt = load_checkpoint(path, rank=acc.process_index)
+    if ckpt["world_size"] != acc.num_processes:
+        raise CatAdapterError(f"--resume: {path} was written by {ckpt['world_size']} processes, this run has "
+                              f"{acc.num_processes}; the data stream and LR schedule count per process, so resume "
+                              f"with {ckpt['world_size']} processes")
     s.method.load_state_dict(ckpt["trained"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     s.sampler.load_state_dict(ckpt["stream"])
     if ckpt["grad_scaler"] and acc.scaler is not None:
         acc.scaler.load_state_dict(ckpt["grad_scaler"])
-    if ckpt["rng"] is not None:
-        restore_rng(ckpt["rng"])
-    else:
-        log.warning("--resume: %s was written by %d processes; rank %d's dropout generator starts afresh",
-                    path, ckpt["world_size"], acc.process_index)
+    restore_rng(ckpt["rng"])
     s.start, s.last_checkpoint = ckpt["step"], path
     if acc.is_main_process:
         log_path = Path(s.cfg.run.output) / "log.jsonl"

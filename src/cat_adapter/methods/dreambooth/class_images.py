@@ -33,6 +33,7 @@ def class_prompt(cfg) -> str:
 
 
 def class_folder(cfg) -> Path:
+    """``--class-data``, else ``OUT/class_images`` (which ``--overwrite`` keeps: its manifest guards it)."""
     return Path(cfg.prior.class_data) if cfg.prior.class_data else Path(cfg.run.output) / "class_images"
 
 
@@ -54,19 +55,35 @@ def wanted_manifest(cfg, model, resolution: int) -> dict:
     p = cfg.prior
     return {"model": {k: v for k, v in model.identity.items()}, "prompt": class_prompt(cfg),
             "seed_start": p.class_seed, "resolution": resolution, "sample_steps": p.class_sample_steps,
-            "guidance_scale": p.class_guidance_scale, "scheduler": type(model.pipe.scheduler).__name__}
+            "guidance_scale": p.class_guidance_scale, "scheduler": type(model.pipe.scheduler).__name__,
+            "dtype": str(model.denoiser.dtype).replace("torch.", "")}
 
 
 def _differences(have: dict, want: dict) -> list[str]:
     from cat_adapter.models.base import same_model
 
     out = []
-    for key in ("prompt", "seed_start", "resolution", "sample_steps", "guidance_scale", "scheduler"):
+    for key in ("prompt", "seed_start", "resolution", "sample_steps", "guidance_scale", "scheduler", "dtype"):
         if have.get(key) != want.get(key):
             out.append(f"{key} {have.get(key)!r} (cache) vs {want.get(key)!r}")
     if not same_model(have.get("model") or {}, want["model"]):
         out.append(f"model {have.get('model', {}).get('model')!r} (cache) vs {want['model'].get('model')!r}")
     return out
+
+
+def check_class_cache(cfg, model, *, resolution: int) -> list[str]:
+    """The differences between a generated cache and these settings: an error unless --regenerate-class-images.
+    No side effects, so every process runs it before any waits for the main one."""
+    folder = class_folder(cfg)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return []
+    diffs = _differences(json.loads(manifest.read_text(encoding="utf-8")), wanted_manifest(cfg, model, resolution))
+    if diffs and not cfg.prior.regenerate_class_images:
+        raise CatAdapterError(f"--class-data {folder}: its class images were made with other settings "
+                              f"({'; '.join(diffs)}); pass --regenerate-class-images to replace them, or give "
+                              "another --class-data")
+    return diffs
 
 
 def prepare_class_images(cfg, model, *, resolution: int, device, is_main: bool = True) -> list[Path]:
@@ -81,13 +98,8 @@ def prepare_class_images(cfg, model, *, resolution: int, device, is_main: bool =
                         "using them", folder, len(existing), MANIFEST, n)
         return existing[:n]
     if manifest.is_file():
-        have = json.loads(manifest.read_text(encoding="utf-8"))
-        diffs = _differences(have, want)
-        if diffs and not cfg.prior.regenerate_class_images:
-            raise CatAdapterError(f"--class-data {folder}: its class images were made with other settings "
-                                  f"({'; '.join(diffs)}); pass --regenerate-class-images to replace them, or give "
-                                  "another --class-data")
-        if diffs:
+        diffs = check_class_cache(cfg, model, resolution=resolution)
+        if diffs and is_main:
             for p in existing:
                 if _NAME.match(p.name):
                     p.unlink()
