@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
-from helpers import train_overrides
+from helpers import KILLER, train_overrides
 from safetensors.torch import load_file
 
 from cat_adapter.config import build_config
@@ -122,20 +121,6 @@ def test_output_loads_in_plain_diffusers_with_the_trained_outputs(tiny_model, co
                                rtol=1e-5, atol=1e-5)
 
 
-KILLER = textwrap.dedent("""
-    import json, os, signal, sys
-    from cat_adapter.config import build_config
-    from cat_adapter.methods.base import Method
-    from cat_adapter.training.loop import train
-    calls, original = [0], Method.forward_backward
-    def forward_backward(self, batch, backward):
-        calls[0] += 1
-        if calls[0] == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
-        return original(self, batch, backward)
-    Method.forward_backward = forward_backward
-    train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
-""")
 
 
 def _weights(out):

@@ -3,12 +3,11 @@
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 import yaml
-from helpers import train_overrides
+from helpers import KILLER, train_overrides
 from safetensors.torch import load_file
 
 from cat_adapter.adapters import load_adapter
@@ -89,20 +88,6 @@ def test_alpha_zero_cat_equals_lora_bit_for_bit(tiny_model, concept_dir, tmp_pat
     assert all(x["loss_preservation"] > 0 for x in log[1:])  # the preservation pass was really run
 
 
-KILLER = textwrap.dedent("""
-    import json, os, signal, sys
-    from cat_adapter.config import build_config
-    from cat_adapter.methods.base import Method
-    from cat_adapter.training.loop import train
-    calls, original = [0], Method.forward_backward
-    def forward_backward(self, batch, backward):
-        calls[0] += 1
-        if calls[0] == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
-        return original(self, batch, backward)
-    Method.forward_backward = forward_backward
-    train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
-""")
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, concept_dir, tmp_path):

@@ -26,7 +26,8 @@ CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
-def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer ``state_dict()`` as (tensors named ``state.<param>.<key>``, JSON-able rest)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entries in state["state"].items():
@@ -39,19 +40,15 @@ def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of ``optimizer_tensors``: a ``state_dict()`` for ``optimizer.load_state_dict``."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, pid, key = name.split(".", 2)
         state.setdefault(int(pid), {})[key] = value
     for pid, entries in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(entries)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
@@ -66,7 +63,7 @@ def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor
     target = root / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trained.items()}, str(tmp / "trained.safetensors"))
-        opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+        opt_tensors, opt_meta = optimizer_tensors(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file({"generator": stream_state["generator"]}, str(tmp / "stream.safetensors"))
         for rank, rng in enumerate(rng_states):
@@ -119,7 +116,7 @@ def load_checkpoint(path: Path, *, rank: int = 0) -> dict[str, Any]:
         "step": int(state["step"]),
         "world_size": int(state["world_size"]),
         "trained": load_file(str(path / "trained.safetensors")),
-        "optimizer": _join_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
+        "optimizer": optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]),
         "lr_scheduler": state["lr_scheduler"],
         "stream": {"generator": load_file(str(path / "stream.safetensors"))["generator"], **state["stream"]},
         "grad_scaler": state.get("grad_scaler"),

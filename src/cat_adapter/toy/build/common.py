@@ -23,6 +23,7 @@ import torch
 
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import atomic_dir, write_json_atomic
+from cat_adapter.training.checkpoint import optimizer_state, optimizer_tensors  # noqa: I001
 from cat_adapter.toy.world import BACKGROUNDS, COLORS, PATTERN_WORDS, RESOLUTION, SHAPES, render, sample_scene
 
 STAGES = ("tokenizer", "clip", "judge", "vae", "unet")
@@ -145,32 +146,6 @@ def _lr_lambda(warmup: int, steps: int, final: float = 1.0) -> Callable[[int], f
         progress = (step - warmup) / max(1, steps - warmup)
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
-
-
-def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer ``state_dict()`` as (tensors named ``state.<param>.<key>``, JSON-able rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entries in state["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    """The inverse of ``optimizer_tensors``: a ``state_dict()`` for ``optimizer.load_state_dict``."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for pid, entries in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(entries)
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else dict(g) for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
 
 
 def _save_state(path: Path, step: int, model, optimizer, ema, losses: list[float]) -> None:
