@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cat_adapter.models.base import Cond, TokenIds, _cast
+from cat_adapter.models.base import Cond, TokenIds, cast_floating
 
 Prompts = Cond | TokenIds
 
@@ -28,8 +28,8 @@ class Noised:
         return self.latents.shape[0]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Noised":
-        return Noised(_cast(self.latents, device, dtype), _cast(self.noise, device, dtype),
-                      _cast(self.timesteps, device, dtype))
+        return Noised(cast_floating(self.latents, device, dtype), cast_floating(self.noise, device, dtype),
+                      cast_floating(self.timesteps, device, dtype))
 
     def __getitem__(self, idx) -> "Noised":
         return Noised(self.latents[idx], self.noise[idx], self.timesteps[idx])

@@ -17,6 +17,7 @@ import torch
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.evaluation.metrics import normalize_rows
 from cat_adapter.models import is_hub_id
+from cat_adapter.models.base import first_line
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -77,18 +78,18 @@ class ClipEmbedder:
         try:
             config = AutoConfig.from_pretrained(where)
         except Exception as exc:  # missing repo, no network, unreadable config
-            raise CatAdapterError(f"{option} {spec}: cannot read its config ({_first_line(exc)})") from None
+            raise CatAdapterError(f"{option} {spec}: cannot read its config ({first_line(exc)})") from None
         if getattr(config, "model_type", None) != "clip":
             raise CatAdapterError(f"{option} {spec}: not a CLIP model folder (model_type {config.model_type!r})")
         try:
             # dtype=float32: from_pretrained defaults to "auto" in transformers 5 (fp16 files would stay fp16).
             self.model = CLIPModel.from_pretrained(where, dtype=torch.float32).to(self.device).eval()
         except Exception as exc:
-            raise CatAdapterError(f"{option} {spec}: cannot load CLIPModel ({_first_line(exc)})") from None
+            raise CatAdapterError(f"{option} {spec}: cannot load CLIPModel ({first_line(exc)})") from None
         try:
             self.processor = AutoProcessor.from_pretrained(where)
         except Exception as exc:
-            raise CatAdapterError(f"{option} {spec}: cannot load its processor ({_first_line(exc)}); the folder "
+            raise CatAdapterError(f"{option} {spec}: cannot load its processor ({first_line(exc)}); the folder "
                                   "needs the files CLIPProcessor.save_pretrained writes") from None
         if not (hasattr(self.processor, "image_processor") and hasattr(self.processor, "tokenizer")):
             raise CatAdapterError(f"{option} {spec}: its processor ({type(self.processor).__name__}) lacks an image "
@@ -120,8 +121,3 @@ class ClipEmbedder:
     @property
     def dim(self) -> int:
         return int(self.model.config.projection_dim)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

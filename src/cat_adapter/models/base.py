@@ -22,7 +22,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 # ------------------------------------------------------------------------------------------ conditioning
-def _cast(t: torch.Tensor, device, dtype) -> torch.Tensor:
+def cast_floating(t: torch.Tensor, device, dtype) -> torch.Tensor:
     """Move ``t``; only floating-point tensors take ``dtype`` (ids and sizes stay integer)."""
     return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
 
@@ -39,8 +39,8 @@ class Cond:
         return self.hidden.shape[0]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Cond":
-        return Cond(_cast(self.hidden, device, dtype), None if self.pooled is None else _cast(self.pooled, device, dtype),
-                    {k: _cast(v, device, dtype) for k, v in self.extra.items()})
+        return Cond(cast_floating(self.hidden, device, dtype), None if self.pooled is None else cast_floating(self.pooled, device, dtype),
+                    {k: cast_floating(v, device, dtype) for k, v in self.extra.items()})
 
     def __getitem__(self, idx) -> "Cond":
         return Cond(self.hidden[idx], None if self.pooled is None else self.pooled[idx],
@@ -78,7 +78,7 @@ class TokenIds:
         return self.ids.shape[0]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "TokenIds":
-        return TokenIds(self.ids.to(device), {k: _cast(v, device, dtype) for k, v in self.extra.items()})
+        return TokenIds(self.ids.to(device), {k: cast_floating(v, device, dtype) for k, v in self.extra.items()})
 
     def __getitem__(self, idx) -> "TokenIds":
         return TokenIds(self.ids[idx], {k: v[idx] for k, v in self.extra.items()})
