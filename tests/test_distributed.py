@@ -54,7 +54,7 @@ def test_two_processes_see_one_process_with_the_double_batch(runs):
     a, b = weights(runs["two"]), weights(runs["one"])
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)  # Adam magnifies all-reduce rounding near 0; a wrong stream moves weights by ~1e-3
 
 
 def test_two_process_resume_equals_the_straight_run(runs):

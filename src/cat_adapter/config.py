@@ -46,7 +46,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str = opt(help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt captions.")
+    data: str | None = opt(help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt "
+                           "captions. Not read by --method tco, which trains on images it generates.")
     trigger: str = opt("sks", "Trigger word that names the concept in captions (y_T).")
     class_noun: str | None = opt(None, "Class of the concept, e.g. teapot. Needed by the caption template "
                                  "and by --preserve-prompt class.")
@@ -117,8 +118,13 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     ``given``: the option names set explicitly (file or flags). One the method does not read is an error.
     """
     spec = registry.get_spec(self.method.method)
+    if not spec.needs_data and self.data.data is not None:
+        raise CatAdapterError(f"--data is not read by --method {spec.name}: it trains on images it generates itself "
+                              "(leave --data out; a concept's reference images are for evaluate)")
     for section in sections(self):
         for f in dataclasses.fields(section):
+            if f.name == "data" and not spec.needs_data:
+                continue
             if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
                 raise CatAdapterError(f"missing required option {flag(f.name)}")
             value = getattr(section, f.name)

@@ -136,6 +136,7 @@ NOT_APPLICABLE_TI = ("the adapter only adds tokens: a prompt without the trigger
 
 def evaluate(o: EvalOptions) -> Path:
     """Generate, write ``manifest.csv`` and the images, then score them: the outputs of ``score`` plus images/."""
+    from cat_adapter import shared
     from cat_adapter.adapters import load_adapter
     from cat_adapter.evaluation.drift import prediction_drift
     from cat_adapter.models import ModelSpec, load_model
@@ -147,7 +148,9 @@ def evaluate(o: EvalOptions) -> Path:
     resolved = resolve_options(o, adapter)
     prompts, references, controls = load_prompts(o, resolved)
     device = pick_device(o.cpu)
-    embedder = ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device)  # a bad CLIP fails before generating
+    # A bad CLIP fails before generating; in a harness (shared.shared_objects) it is loaded once per process.
+    embedder = shared.get(("clip", o.clip, str(device), o.clip_batch_size),
+                          lambda: ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device), mutable=False)
     model = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
     model.to(device)  # first: apply() keeps the base model's components where they are now
     if adapter is not None:

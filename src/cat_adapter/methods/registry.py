@@ -30,6 +30,10 @@ class MethodSpec:
     optional_terms: tuple[str, ...] = ()       # terms that options may add (prior, preservation)
     description: str = ""
     check: Callable[[Any, set[str]], None] | None = None  # (config, explicitly given option names) -> raise
+    # "module:function" that runs the whole method instead of the plain training loop (an orchestrator such as
+    # The Chosen One, which generates its own data and trains several times); None: the loop.
+    runner: str | None = None
+    needs_data: bool = True                    # False: the method makes its own images, --data is not read
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -89,6 +93,14 @@ def part_class(name: str):
 def term_class(name: str):
     _ensure()
     return _load(_TERMS, name)
+
+
+def runner(spec: MethodSpec):
+    """The orchestrator function of a method that is not one pass of the training loop, or None."""
+    if spec.runner is None:
+        return None
+    module, attr = spec.runner.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def active_terms(spec: MethodSpec, cfg) -> list[str]:

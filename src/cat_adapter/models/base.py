@@ -197,8 +197,18 @@ def load_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32):
     """The model object of ``spec`` (aliases such as ``toy`` resolved), its weights in ``dtype``."""
     from cat_adapter.plugins import resolve_alias
 
+    from cat_adapter import shared
+
     resolved = resolve_alias(spec.model, "pipeline", spec.option)
-    return family_of(resolved, spec.option).load(spec, resolved, dtype)
+    family = family_of(resolved, spec.option)
+
+    def load():
+        model = family.load(spec, resolved, dtype)
+        model.identity  # noqa: B018  (computed once, before copies are made)
+        return model
+
+    # In a harness (shared.shared_objects) the weights are read once per process; each caller gets a copy.
+    return shared.get(("model", spec, resolved, str(dtype)), load, mutable=True)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -35,3 +35,17 @@ def build_tiny_clip(folder: str | Path, *, seed: int = 0, image_size: int = 32, 
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     shutil.rmtree(tok_dir, ignore_errors=True)
     return folder
+
+
+def build_tiny_dinov2(folder: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                      hidden: int = 32) -> Path:
+    """Write a random-weight ``Dinov2Model`` folder with its image processor (a stand-in for facebook/dinov2-*)."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    Dinov2Model(Dinov2Config(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden,
+                             image_size=image_size, patch_size=patch_size)).save_pretrained(folder, safe_serialization=True)
+    BitImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
 from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, rng_state,
                                              save_checkpoint)
+from cat_adapter.training import memory
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class Session:
     weight_dtype: torch.dtype
     start: int = 0
     last_checkpoint: Path | None = None
+    model_mb: float | None = None    # memory in use once the frozen model is loaded (the profile's baseline)
+    generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
@@ -63,7 +67,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
     ``accelerator``: one the caller made and keeps (a harness that trains many times in one process, with one
     precision setting). Without it each call makes its own and resets accelerate's process-wide state at the
     end (accelerate keeps one precision setting per process), so a later call may use another precision.
+    A method with a runner of its own (The Chosen One) is handed the config instead of the loop.
     """
+    runner = registry.runner(registry.get_spec(cfg.method.method))
+    if runner is not None:
+        return runner(cfg, progress=progress, accelerator=accelerator)
+    return train_loop(cfg, progress=progress, accelerator=accelerator)
+
+
+def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
+               init_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """One run of the training loop (``train`` without the method runners). ``init_state``: the method's trained
+    state to start from (``Method.state_dict`` keys, loaded strictly) instead of its initialisation."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -83,7 +98,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
     try:
         t0 = time.perf_counter()
         s = setup(cfg, items, inputs, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
-                                                                                      accelerator))
+                                                                                      accelerator),
+                  init_state=init_state)
         if checkpoints:
             resume(s, checkpoints[-1])
         run_loop(s, progress=progress)
@@ -174,7 +190,8 @@ def portable(cfg: TrainConfig) -> TrainConfig:
                    run=replace(r, resume=False, overwrite=False))
 
 
-def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator, *, prepare_folder=None) -> Session:
+def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator, *, prepare_folder=None,
+          init_state: dict[str, torch.Tensor] | None = None) -> Session:
     """Frozen model, output folder, class images, caches, method (adds its parts), optimizer, LR schedule, stream."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -185,12 +202,18 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     model = load_model(ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle), dtype=weight_dtype)
     model.to(accelerator.device)
     freeze(*model.frozen_components())
+    memory.reset_peak()  # the profile's peak is measured above the loaded model
+    model_mb = memory.current_mb()
     if prepare_folder is not None:
         prepare_folder()
     inputs = dict(inputs)
+    t_gen = time.perf_counter()
     for term in term_classes(cfg):  # data a term needs from the base model (DreamBooth's class images)
         inputs.update(term.prepare(cfg, model, accelerator))
+    generation_s = time.perf_counter() - t_gen
     method = build_method(cfg, model, need_base_copy=bool(run.validation_prompt))
+    if init_state is not None:
+        method.load_state_dict(init_state)
     cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
                         **inputs)
     if run.gradient_checkpointing:
@@ -208,7 +231,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                             objective=model.objective, seed=run.seed, num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
-    return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype)
+    return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
+                   model_mb=model_mb, generation_s=generation_s)
 
 
 def seed_model_randomness(seed: int, rank: int) -> None:
@@ -371,17 +395,11 @@ def finish(s: Session, t0: float) -> None:
     write_adapter(s, out, exported)
     validate(s, out / "validation.png")
     files = sorted({f for e in exported for f in e.files.values()})
-    write_json_atomic(out / DONE, {"seconds": round(time.perf_counter() - t0, 2), "peak_memory_mb": peak_memory_mb(),
-                                   "files": files, "adapter": "adapter.json", "steps": s.cfg.optim.steps})
-
-
-def peak_memory_mb() -> float | None:
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+    peak = memory.peak_mb()
+    step_s = [json.loads(ln)["seconds"] for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
+    write_json_atomic(out / DONE, {
+        "seconds": round(time.perf_counter() - t0, 2), "peak_memory_mb": memory.rounded(peak),
+        "peak_memory_above_model_mb": memory.rounded(None if peak is None or s.model_mb is None else peak - s.model_mb),
+        "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
+        "generation_seconds": round(s.generation_s, 2), "files": files, "adapter": "adapter.json",
+        "steps": s.cfg.optim.steps})
