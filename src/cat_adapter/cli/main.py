@@ -10,7 +10,7 @@ import sys
 from cat_adapter import __version__
 from cat_adapter.errors import CatAdapterError
 
-SUBCOMMANDS = ("train", "sample", "demo", "toy", "evaluate", "score", "report")
+SUBCOMMANDS = ("train", "sample", "demo", "compare", "toy", "evaluate", "score", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ renamed onto ``--output`` at the end, so a failed run leaves nothing half-writte
 from __future__ import annotations
 
 import math
-
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from cat_adapter.evaluation.metrics import DEFAULT_EPSILON
 from cat_adapter.evaluation.score import check_output, score_rows
 from cat_adapter.io import atomic_dir
 from cat_adapter.options import check
+from cat_adapter.training import memory
 
 DEFAULT_TEMPLATE = "a photo of {trigger} {class_noun}"
 
@@ -169,8 +170,16 @@ def evaluate(o: EvalOptions) -> Path:
     with atomic_dir(out) as tmp:
         plan = plan_evaluation(prompts, references, controls, seeds, out_dir=tmp, has_adapter=o.has_adapter,
                                changes_trigger_free=changes)
+        memory.reset_peak()  # inference cost per image (compare's resource profile), above the loaded models
+        before, t0 = memory.current_mb(), time.perf_counter()
         render_jobs(model, plan.jobs, tmp, adapter=adapter, steps=o.sample_steps, guidance_scale=o.guidance_scale,
                     height=o.resolution, width=o.resolution, batch_size=o.batch_size)
+        seconds, peak = time.perf_counter() - t0, memory.peak_mb()
+        meta["inference"] = {"images": len(plan.jobs), "seconds": round(seconds, 3),
+                             "seconds_per_image": round(seconds / max(1, len(plan.jobs)), 4),
+                             "peak_memory_above_model_mb": memory.rounded(None if peak is None or before is None
+                                                                          else peak - before),
+                             "device": str(device), "batch_size": o.batch_size, "sample_steps": o.sample_steps}
         copy_references(plan.copies, tmp)
         if adapter is not None and changes and o.drift_samples:
             plain = [p.plain for p in prompts] + list(controls)

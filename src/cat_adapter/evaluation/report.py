@@ -56,9 +56,9 @@ def table_columns(runs: list[dict]) -> list[str]:
     return cols
 
 
-def table_rows(runs: list[dict]) -> tuple[list[str], list[dict], bool]:
+def table_rows(runs: list[dict], cols: list[str] | None = None) -> tuple[list[str], list[dict], bool]:
     """One row per label (first-seen order): mean across its runs, and ``<col>_ci95`` when pooled."""
-    cols = table_columns(runs)
+    cols = cols if cols is not None else table_columns(runs)
     labels: dict[str, list[dict]] = {}
     for r in runs:
         labels.setdefault(str(r["label"]), []).append(r)
@@ -81,22 +81,30 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> None:
+def csv_text(key: str, cols: list[str], rows: list[dict], pooled: bool) -> str:
+    """One row per label: means, ``<col>_ci95`` when pooled, ``<col>_n`` where some runs lack the column, runs."""
     partial = [c for c in cols if any(r[f"{c}_n"] != r["runs"] for r in rows)]
-    header = (["label"] + cols + ([f"{c}_ci95" for c in cols] if pooled else []) + [f"{c}_n" for c in partial]
-              + ["runs"])
+    header = ([key] + cols + ([f"{c}_ci95" for c in cols] if pooled else []) + [f"{c}_n" for c in partial] + ["runs"])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for r in rows:
         w.writerow([r["label"]] + ["" if r.get(h) is None else repr(r[h]) for h in header[1:-1]] + [r["runs"]])
-    write_text_atomic(out / "table.csv", buf.getvalue())
-    lines = ["| label | " + " | ".join(cols) + " | runs |", "|---" * (len(cols) + 2) + "|"]
+    return buf.getvalue()
+
+
+def markdown_table(key: str, cols: list[str], rows: list[dict], pooled: bool) -> list[str]:
+    lines = [f"| {key} | " + " | ".join(cols) + " | runs |", "|---" * (len(cols) + 2) + "|"]
     for r in rows:
         cells = [_fmt(r[c]) + (f" ± {_fmt(r[c + '_ci95'])}" if pooled and r.get(c + "_ci95") is not None else "")
                  + (f" (n={r[c + '_n']})" if 0 < r[c + "_n"] != r["runs"] else "") for c in cols]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['runs']} |")
-    lines += ["", "prompt_score: Eq. 5 (H of cos(text y, image I^{y_T})); identity_score: Eq. 7; kps: Eq. 9 "
+    return lines
+
+
+def table_notes(cols: list[str], rows: list[dict], pooled: bool) -> list[str]:
+    partial = [c for c in cols if any(r[f"{c}_n"] != r["runs"] for r in rows)]
+    lines = ["prompt_score: Eq. 5 (H of cos(text y, image I^{y_T})); identity_score: Eq. 7; kps: Eq. 9 "
               "(1 - H of cos(I^y, I^{y_T})); base_fidelity, class_diversity, leakage: ours (docs/evaluation.md)."]
     if any(c in CONCEPT_COLUMNS for c in cols):
         lines.append("concept_rate_*: share of images whose fill, pattern and outline match the concept's look, read "
@@ -107,6 +115,12 @@ def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
     if pooled:
         lines.append("± is the half-width of the 95% interval of the mean across a label's runs: "
                      "t_{0.975,n-1} * sd / sqrt(n) over the runs' own scores.")
+    return lines
+
+
+def write_tables(out: Path, cols: list[str], rows: list[dict], pooled: bool) -> None:
+    write_text_atomic(out / "table.csv", csv_text("label", cols, rows, pooled))
+    lines = markdown_table("label", cols, rows, pooled) + [""] + table_notes(cols, rows, pooled)
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
 
 

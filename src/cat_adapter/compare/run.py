@@ -1,0 +1,228 @@
+"""Run a compare plan: one folder per job (train, evaluate, ``done.json`` last), resumable and shardable.
+
+``DIR/plan.json``       the checked plan (a rerun with another plan into the same folder is refused)
+``DIR/concepts/NAME/``  toy concepts written from their spec, with their held-out, control and pool prompts
+``DIR/jobs/ID/``        train/ (the training output), eval/ (the evaluation), done.json (written last)
+``DIR/locks/ID.lock``   created exclusively while a process runs the job (shards, parallel calls)
+``DIR/report/``         tables and plots, regenerated from the job folders alone (``report.py``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import cat_adapter
+from cat_adapter.compare.plan import Concept, Job, Plan, fingerprint, jobs, shard, train_options
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+MARKER = "plan.json"
+DONE = "done.json"
+
+
+# ------------------------------------------------------------------------------------------ locks
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(lock: Path) -> bool:
+    """Create ``lock`` exclusively; a lock left by a dead process on this host is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                return False  # being written right now: someone else has it
+            if owner.get("host") != socket.gethostname() or _alive(int(owner.get("pid", 0))):
+                return False
+            try:  # stale: only one process wins the rename, and then retries the exclusive create
+                os.rename(lock, lock.with_name(f"{lock.name}.stale-{os.getpid()}"))
+                lock.with_name(f"{lock.name}.stale-{os.getpid()}").unlink()
+            except FileNotFoundError:
+                return False
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
+        return True
+    return False
+
+
+def release(lock: Path) -> None:
+    lock.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def prepare_folder(plan: Plan, out: Path) -> None:
+    """``out`` is new, empty, or holds this same plan; ``plan.json`` is written (identically by every shard)."""
+    if out.exists() and not out.is_dir():
+        raise CatAdapterError(f"--output {out}: is a file; give a folder")
+    marker = out / MARKER
+    if out.is_dir() and any(out.iterdir()):
+        if not marker.is_file():
+            raise CatAdapterError(f"--output {out}: not a compare folder (no {MARKER}); choose a new or empty folder")
+        saved = json.loads(marker.read_text())
+        if saved.get("fingerprint") != fingerprint(plan):
+            raise CatAdapterError(f"--output {out}: holds the jobs of another plan ({saved.get('source')}); give a new "
+                                  "folder, or the plan those jobs came from")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"source": plan.source, "fingerprint": fingerprint(plan), "plan": plan.to_dict(),
+                               "package_version": cat_adapter.__version__})
+
+
+def _publish_dir(tmp: Path, target: Path) -> None:
+    """Rename a finished folder into place; if another process published it first, keep theirs."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise
+
+
+def concept_inputs(plan: Plan, concept: Concept, out: Path) -> dict:
+    """The concept folder and prompt files of a concept; toy concepts are written from their spec once."""
+    if concept.kind != "toy":
+        return {"data": concept.data, "prompts": concept.prompts, "control_prompts": concept.control_prompts,
+                "look": None}
+    from cat_adapter.toy.concept import concept_look, write_concept
+    from cat_adapter.toy.demo import control_prompts, heldout_prompts, pool_prompts
+
+    folder = out / "concepts" / concept.name
+    if not (folder / "data").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".data.", dir=folder))
+        shutil.rmtree(tmp)
+        write_concept(concept.spec, tmp)
+        _publish_dir(tmp, folder / "data")
+    look = concept_look(concept.spec)
+    for name, lines in (("heldout.txt", heldout_prompts(concept.spec)), ("control.txt", control_prompts(concept.spec, look)),
+                        ("pool.txt", pool_prompts(concept.spec))):
+        if not (folder / name).is_file():
+            write_text_atomic(folder / name, "\n".join(lines) + "\n")
+    return {"data": folder / "data", "prompts": concept.prompts or folder / "heldout.txt",
+            "control_prompts": concept.control_prompts or folder / "control.txt", "pool": folder / "pool.txt",
+            "look": look}
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def run_plan(plan: Plan, out: Path, *, which: tuple[int, int] | None = None, cpu: bool = False,
+             progress: bool = False) -> dict:
+    """Run this shard's unfinished jobs (done jobs are skipped, locked ones left to their owner), then the report."""
+    from cat_adapter.compare.report import write_report
+    from cat_adapter.shared import shared_objects
+
+    prepare_folder(plan, out)
+    mine = shard(jobs(plan), which)
+    counts = {"done_before": 0, "ran": 0, "locked": 0}
+    with shared_objects():  # base models and embedders are read once per process
+        for job in mine:
+            folder = out / "jobs" / job.id
+            if (folder / DONE).is_file():
+                counts["done_before"] += 1
+                continue
+            lock = out / "locks" / f"{job.id}.lock"
+            if not acquire(lock):
+                counts["locked"] += 1
+                print(f"compare: {job.id} is being run by another process; skipped", flush=True)
+                continue
+            try:
+                if (folder / DONE).is_file():  # finished by another process between the check and the lock
+                    counts["done_before"] += 1
+                    continue
+                print(f"compare: {job.id}", flush=True)
+                run_job(plan, job, out, cpu=cpu, progress=progress)
+                counts["ran"] += 1
+            finally:
+                release(lock)
+    report = write_report(out)
+    return {**counts, "jobs": len(mine), "report": str(report)}
+
+
+def _eval_options(plan: Plan, concept: Concept, inputs: dict, *, data: Path, adapter: str | None, output: Path,
+                  label: str, cpu: bool):
+    from cat_adapter.evaluation.evaluate import EvalOptions
+
+    e = dict(plan.evaluation)
+    resolution = e.pop("resolution", None) or plan.shared.get("resolution")
+    kwargs = dict(model=str(plan.shared["model"]), adapter=adapter, data=str(data), output=str(output), label=label,
+                  trigger=concept.trigger, class_noun=concept.class_noun, resolution=resolution, cpu=cpu,
+                  caption_template=concept.caption_template)
+    prompts = e.pop("prompts", None) or inputs.get("prompts")
+    controls = e.pop("control_prompts", None) or inputs.get("control_prompts")
+    kwargs.update(prompts=str(prompts) if prompts else None, control_prompts=str(controls) if controls else None)
+    kwargs.update(e)
+    if "single_file_config" in plan.shared:
+        kwargs["single_file_config"] = plan.shared["single_file_config"]
+    return EvalOptions(**kwargs)
+
+
+def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: bool = False) -> dict:
+    """Train (resuming a killed run), evaluate, add the concept's scorer columns, then ``done.json`` last."""
+    from cat_adapter.config import build_config
+    from cat_adapter.evaluation.evaluate import evaluate
+    from cat_adapter.training.loop import train
+
+    concept = plan.concept(job.concept)
+    inputs = concept_inputs(plan, concept, out)
+    folder = out / "jobs" / job.id
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict = {"job": job.id, "concept": job.concept, "variant": job.variant or "base", "seed": job.seed,
+                    "concept_kind": concept.kind}
+    train_dir, eval_dir = folder / "train", folder / "eval"
+    data = inputs["data"]
+    if not job.is_base:
+        variant = plan.variant(job.variant)
+        opts = train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool"))
+        if cpu:
+            opts["cpu"] = True
+        resumable = (train_dir / "config.yaml").is_file()
+        opts.update(resume=resumable, overwrite=False)
+        if not (train_dir / DONE).is_file():
+            t0 = time.perf_counter()
+            train(build_config(overrides=opts), progress=progress)
+            write_json_atomic(folder / "train_time.json", {"seconds": round(time.perf_counter() - t0, 2),
+                                                           "resumed": resumable})
+        record.update(method=variant.method, options=variant.options, sweep=variant.sweep,
+                      **_train_profile(train_dir, folder))
+        if concept.kind == "prompt":  # TCO alone: identity against its first iteration's chosen cluster
+            data = train_dir / "iterations" / "00" / "concept"
+            record["identity_reference"] = "first_cluster"
+    if not (eval_dir / "metrics.json").is_file():
+        evaluate(_eval_options(plan, concept, inputs, data=data, adapter=None if job.is_base else str(train_dir),
+                               output=eval_dir, label=record["variant"], cpu=cpu))
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    if inputs.get("look") is not None and "concept_rate_trigger" not in metrics:
+        from cat_adapter.toy.demo import add_concept_rates
+
+        add_concept_rates(eval_dir, inputs["look"])
+    inference = metrics.get("inference") or {}
+    record.update(infer_s_per_image=inference.get("seconds_per_image"),
+                  infer_peak_mem_mb=inference.get("peak_memory_above_model_mb"), metrics="eval/metrics.json",
+                  package_version=cat_adapter.__version__)
+    write_json_atomic(folder / DONE, record)
+    return record
+
+
+def _train_profile(train_dir: Path, folder: Path) -> dict:
+    done = json.loads((train_dir / DONE).read_text())
+    timing = json.loads((folder / "train_time.json").read_text()) if (folder / "train_time.json").is_file() else {}
+    return {"train_s": timing.get("seconds", done.get("seconds")), "train_resumed": timing.get("resumed", False),
+            "step_s": done.get("step_seconds_median"), "peak_mem_mb": done.get("peak_memory_above_model_mb"),
+            "generation_s": done.get("generation_seconds"), "steps": done.get("steps")}
