@@ -146,7 +146,8 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
           f"must be a positive multiple of 8 (got {d.resolution})")
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
           f"must be one word without spaces (got {d.trigger!r})")
-    needs_class = "{class_noun}" in d.caption_template or d.preserve_prompt == "class"
+    # (a method that makes its own images writes its own captions: the template is not read)
+    needs_class = ("{class_noun}" in d.caption_template and spec.needs_data) or d.preserve_prompt == "class"
     check(not needs_class or bool(d.class_noun), "--class-noun",
           "is required by the caption template and by --preserve-prompt class")
     check("{trigger}" in d.caption_template, "--caption-template", "must contain {trigger}")
