@@ -139,20 +139,27 @@ def test_demo_smoke_run_writes_the_table(tmp_path):
                            "--images-per-prompt", "1", "--sample-steps", "2", "--cpu"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = list(csv.DictReader(open(out / "report" / "table.csv")))
-    assert [r["label"] for r in rows] == ["base", "lora", "cat", "cat_pool"]
+    report = out / "compare" / "report"  # the demo is a plan run by cat-adapter compare
+    rows = list(csv.DictReader(open(report / "table1.csv")))
+    assert [r["variant"] for r in rows] == ["base", "lora", "cat", "cat_pool"]
     for col in ("prompt_score", "identity_score", "kps", "leakage", "concept_rate_trigger", "concept_rate_class",
                 "concept_rate_control"):
         assert all(r[col] != "" for r in rows), col
-    for name in ("table.md", "scores.png", "grid_trigger.png", "grid_class.png"):
-        assert (out / "report" / name).is_file()
+    for name in ("table1.md", "paired.md", "profile.csv", "grid_trigger.png", "grid_class.png"):
+        assert (report / name).is_file()
+    import yaml
+
+    plan = yaml.safe_load((out / "plan.yaml").read_text())
+    assert [v["name"] for v in plan["variants"]] == ["lora", "cat", "cat_pool"]
+    assert {plan["shared"][k] for k in ("steps",)} == {2}
     meta = json.loads((out / "demo.json").read_text())
     assert not set(meta["pool_prompts"]) & set(meta["control_prompts"])
     assert "| cat_pool |" in proc.stdout
     # A second run replaces the demo folder (the main job can be re-run); a foreign folder is refused with one line.
     again = subprocess.run(proc.args[:-1] + ["--seeds", "3", "--cpu"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["cat-seed3", "cat_pool-seed3", "lora-seed3"]
+    assert sorted(p.name for p in (out / "compare" / "jobs").iterdir()) == [
+        "sks_circle__base", "sks_circle__cat__seed3", "sks_circle__cat_pool__seed3", "sks_circle__lora__seed3"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x.txt").write_text("keep")

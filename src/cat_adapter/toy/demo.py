@@ -1,13 +1,12 @@
 """``cat-adapter demo``: the paper's Table 1 on the built-in shapes world, offline on a CPU.
 
-A personal concept ("a sks circle": one look of a circle) is written from a spec; plain LoRA, CAT
-and CAT with a preservation pool of other-class prompts are trained on it with identical settings
-(steps, lr, rank, batch, images, seeds); the base model and every adapter are evaluated with the
-evaluation suite (``cat-adapter evaluate``) with the shipped toy CLIP; ``cat-adapter report``
-puts them side by side. Because the world is procedural, the demo adds ``concept_rate``: the share
-of images whose fill, pattern and outline match the concept's look, read from pixels
-(``toy.analyze``), for the trigger prompts, the class prompts (trigger removed) and the control
-prompts (other classes, other attributes of the class).
+A personal concept ("a sks circle": one look of a circle) is written from a spec; plain LoRA, CAT and CAT with a
+preservation pool of other-class prompts are trained on it with identical settings (steps, lr, rank, batch,
+images, seeds). The demo is a plan (``OUT/plan.yaml``) run by ``cat-adapter compare`` into ``OUT/compare``: the
+base model and every adapter are evaluated with the evaluation suite and the shipped toy CLIP, and the report puts
+them side by side. Because the world is procedural, the report adds ``concept_rate``: the share of images whose
+fill, pattern and outline match the concept's look, read from pixels (``toy.analyze``), for the trigger prompts,
+the class prompts (trigger removed) and the control prompts (other classes, other attributes of the class).
 """
 
 from __future__ import annotations
@@ -140,32 +139,6 @@ def add_concept_rates(eval_dir: Path, look: dict) -> dict:
     return rates
 
 
-def comparison_grids(eval_dirs: dict[str, Path], prompt_trigger: str, out: Path) -> list[Path]:
-    """Rows base / adapters, columns the evaluation seeds: one grid for the trigger prompt, one for the class prompt."""
-    from PIL import Image
-
-    from cat_adapter.evaluation.manifest import read_manifest
-    from cat_adapter.sampling import make_grid, save_image
-
-    written = []
-    for kind in ("trigger", "class"):
-        rows, labels, plain_text = [], [], None
-        for label, d in eval_dirs.items():
-            sel = sorted((r for r in read_manifest(d / "manifest.csv") if r.prompt_trigger == prompt_trigger),
-                         key=lambda r: r.seed)
-            if not sel:
-                continue
-            plain_text = sel[0].prompt_plain
-            paths = [(r.image_trigger if kind == "trigger" else r.image_plain) for r in sel]
-            rows.append([Image.open(p).convert("RGB") for p in paths if p is not None])
-            labels.append(label)
-        title = prompt_trigger if kind == "trigger" else plain_text
-        grid = make_grid(rows, row_labels=[f"{lb}: '{title}'" for lb in labels],
-                         col_labels=[f"seed {k}" for k in range(len(rows[0]))], min_cell=96)
-        written.append(save_image(grid, out / f"grid_{kind}.png"))
-    return written
-
-
 def toy_model_id() -> str:
     """A digest of the shipped toy weights' sha256s (from build.json): which models a run used."""
     import hashlib
@@ -176,22 +149,38 @@ def toy_model_id() -> str:
     return hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _drop(common: dict, method: str) -> dict:
-    """The shared settings a method reads (TI trains no LoRA: no --rank)."""
-    from cat_adapter.methods.registry import get_spec
-
-    return {k: v for k, v in common.items() if not (k == "rank" and "lora" not in get_spec(method).sections)}
+def demo_plan(out: Path, spec: dict, settings: DemoSettings, *, sample_steps: int, guidance: float) -> dict:
+    """The demo as a compare plan: one toy concept, the chosen methods with identical settings, the toy CLIP."""
+    variants = {"lora": dict(method="lora"), "cat": dict(method="cat", cat_alpha=settings.cat_alpha),
+                "cat_pool": dict(method="cat", cat_alpha=settings.cat_alpha, preserve_pool="concept",
+                                 preserve_pool_size=settings.pool_size),
+                "dreambooth": dict(TOY_BASELINES["dreambooth"]), "ti": dict(TOY_BASELINES["ti"])}
+    trigger, noun = spec["trigger"], spec["class_noun"]
+    return {
+        "concepts": [{"name": spec["name"], "spec": spec}],
+        "variants": [{"name": m, **variants[m]} for m in settings.methods],
+        "seeds": list(settings.seeds),
+        # rank is skipped for methods without LoRA (ti, dreambooth); the validation grid is each run's own check
+        "shared": dict(model="toy", caption_template="a {trigger} {class_noun}", resolution=spec["resolution"],
+                       steps=settings.steps, lr=settings.lr, rank=settings.rank, batch_size=settings.batch_size,
+                       validation_every=0, validation_prompt=f"a {trigger} {noun}", validation_images=2,
+                       validation_steps=sample_steps, validation_guidance_scale=guidance),
+        "evaluation": dict(clip="toy", images_per_prompt=settings.images_per_prompt, sample_steps=sample_steps,
+                           guidance_scale=guidance, batch_size=16),
+        "reference": "lora" if "lora" in settings.methods else settings.methods[0],
+    }
 
 
 def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: bool = False) -> dict:
-    from cat_adapter.config import build_config
-    from cat_adapter.evaluation.evaluate import EvalOptions, evaluate
-    from cat_adapter.evaluation.report import report
+    """Write the demo's plan and run it with ``cat-adapter compare`` (one harness, one report writer)."""
+    import yaml
+
+    from cat_adapter.compare.plan import load_plan
+    from cat_adapter.compare.run import run_plan
     from cat_adapter.io import write_json_atomic, write_text_atomic
     from cat_adapter.toy.assets import info as toy_info
     from cat_adapter.toy.assets import toy_clip, toy_pipeline
-    from cat_adapter.toy.concept import concept_look, write_concept
-    from cat_adapter.training.loop import train
+    from cat_adapter.toy.concept import concept_look
 
     t0 = time.time()
     toy_pipeline("demo"), toy_clip("demo")
@@ -202,56 +191,25 @@ def run_demo(output: str | Path, spec: dict, settings: DemoSettings, *, cpu: boo
     sample_steps = settings.sample_steps or recommended["steps"] or 30
     guidance = settings.guidance_scale if settings.guidance_scale is not None else (recommended["guidance_scale"] or 4.0)
     look = concept_look(spec)
-    trigger, noun = spec["trigger"], spec["class_noun"]
-    heldout, controls, pool = heldout_prompts(spec), control_prompts(spec, look), pool_prompts(spec)
+    controls, pool = control_prompts(spec, look), pool_prompts(spec)
     check_prompt_sets(pool, controls)
     write_json_atomic(out / MARKER, {"spec": spec, "look": look, "settings": asdict(settings), "toy_model": toy_model_id(),
                                      "sample_steps": sample_steps, "guidance_scale": guidance,
-                                     "heldout_prompts": heldout, "control_prompts": controls, "pool_prompts": pool})
-    write_concept(spec, out / "concept")
-    write_text_atomic(out / "prompts" / "heldout.txt", "\n".join(heldout) + "\n")
-    write_text_atomic(out / "prompts" / "control.txt", "\n".join(controls) + "\n")
-    write_text_atomic(out / "prompts" / "pool.txt", "\n".join(pool) + "\n")
-    print(f"concept '{trigger} {noun}': {look} -> {out / 'concept'}")
-
-    common = dict(model="toy", data=str(out / "concept"), trigger=trigger, class_noun=noun,
-                  caption_template="a {trigger} {class_noun}", resolution=spec["resolution"], steps=settings.steps,
-                  lr=settings.lr, rank=settings.rank, batch_size=settings.batch_size, validation_every=0,
-                  validation_prompt=f"a {trigger} {noun}", validation_images=2, validation_steps=sample_steps,
-                  validation_guidance_scale=guidance, cpu=cpu)
-    variants = {"lora": dict(method="lora"), "cat": dict(method="cat", cat_alpha=settings.cat_alpha),
-                "cat_pool": dict(method="cat", cat_alpha=settings.cat_alpha, preserve_pool=str(out / "prompts" / "pool.txt"),
-                                 preserve_pool_size=settings.pool_size),
-                "dreambooth": dict(TOY_BASELINES["dreambooth"], class_data=str(out / "class_images")),
-                "ti": dict(TOY_BASELINES["ti"])}
-    variants = {k: v for k, v in variants.items() if k in settings.methods}
-    evaluation = dict(model="toy", data=str(out / "concept"), clip="toy", trigger=trigger, class_noun=noun,
-                      prompts=str(out / "prompts" / "heldout.txt"), control_prompts=str(out / "prompts" / "control.txt"),
-                      images_per_prompt=settings.images_per_prompt, sample_steps=sample_steps, guidance_scale=guidance,
-                      batch_size=16, resolution=spec["resolution"], cpu=cpu)
-    print(f"evaluating the base model ({settings.images_per_prompt} seeds per prompt)")
-    evals: dict[str, list[Path]] = {"base": [evaluate(EvalOptions(adapter=None, output=str(out / "eval" / "base"),
-                                                                  label="base", **evaluation))]}
-    for seed in settings.seeds:
-        for name, extra in variants.items():
-            run_dir = out / "train" / f"{name}-seed{seed}"
-            t = time.time()
-            print(f"training {name} (seed {seed}, {extra.get('steps', settings.steps)} steps)")
-            train(build_config(overrides={**_drop(common, extra["method"]), **extra, "seed": seed, "output": str(run_dir)}))
-            print(f"  {time.time() - t:.0f} s; evaluating")
-            evals.setdefault(name, []).append(evaluate(EvalOptions(adapter=str(run_dir), output=str(out / "eval" / f"{name}-seed{seed}"),
-                                                                   label=name, **evaluation)))
-    rates = {label: [add_concept_rates(d, look) for d in dirs] for label, dirs in evals.items()}
-    report_dir = report([d for dirs in evals.values() for d in dirs], output=out / "report")
-    grids = comparison_grids({label: dirs[0] for label, dirs in evals.items()}, f"a {trigger} {noun}", report_dir)
-    table = (report_dir / "table.md").read_text()
-    summary = {"seconds": round(time.time() - t0, 1), "report": str(report_dir), "grids": [str(g) for g in grids],
-               "concept_rates": rates}
+                                     "heldout_prompts": heldout_prompts(spec), "control_prompts": controls,
+                                     "pool_prompts": pool})
+    plan_file = out / "plan.yaml"
+    write_text_atomic(plan_file, yaml.safe_dump(demo_plan(out, spec, settings, sample_steps=sample_steps,
+                                                          guidance=guidance), sort_keys=False))
+    print(f"concept '{spec['trigger']} {spec['class_noun']}': {look}; plan {plan_file}")
+    result = run_plan(load_plan(plan_file), out / "compare", cpu=cpu, progress=False)
+    report_dir = Path(result["report"])
+    table = (report_dir / "table1.md").read_text()
+    summary = {"seconds": round(time.time() - t0, 1), "report": str(report_dir)}
     meta = json.loads((out / MARKER).read_text())
     write_json_atomic(out / MARKER, {**meta, **summary})
     print()
-    print(table)
+    print(table.split("\n## ")[0].rstrip())
     print(f"concept look: fill {look['fill']}, pattern {look['pattern']} ({look['pattern_color']}), outline {look['outline']}")
-    print(f"wrote {report_dir / 'table.md'}, table.csv, scores.png, {', '.join(g.name for g in grids)} "
+    print(f"wrote {report_dir}/: table1.md, paired.md, profile.md, grid_trigger.png, grid_class.png "
           f"({summary['seconds']:.0f} s)")
     return summary
