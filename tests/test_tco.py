@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from cat_adapter.config import build_config
 from cat_adapter.errors import CatAdapterError
+from helpers import KILLER
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +31,7 @@ def tco_options(model, embedder, output, **kw):
     return base
 
 
-# SIGKILLs itself at the N-th training forward_backward of the whole TCO run (argv: options JSON, N).
-KILLER = """
-import json, os, signal, sys
-from cat_adapter.config import build_config
-from cat_adapter.methods.base import Method
-from cat_adapter.training.loop import train
-calls, original = [0], Method.forward_backward
-def forward_backward(self, batch, backward):
-    calls[0] += 1
-    if calls[0] == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, batch, backward)
-Method.forward_backward = forward_backward
-train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
-"""
+# helpers.KILLER SIGKILLs the run at the N-th training forward_backward (here: of the whole TCO run).
 
 
 @pytest.fixture(scope="module")

@@ -278,15 +278,10 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    from cat_adapter.io import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise CatAdapterError(f"--config {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise CatAdapterError(f"--config {path}: not valid YAML{where}") from None
+    raw = read_yaml(path, f"--config {path}")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -88,3 +88,21 @@ def check_output_folder(output: str | os.PathLike, *, markers: tuple[str, ...], 
         raise CatAdapterError(f"{option} {out}: not {kind} (no {' or '.join(markers)}); refusing to replace it, "
                               "choose another folder")
     return "overwrite"
+
+
+def read_yaml(path: str | os.PathLike, source: str) -> Any:
+    """The YAML document in ``path``; a missing file, bad YAML or a non-text file is one line naming ``source``."""
+    import yaml
+
+    from cat_adapter.errors import CatAdapterError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CatAdapterError(f"{source}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise CatAdapterError(f"{source}: not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
+    except UnicodeDecodeError:
+        raise CatAdapterError(f"{source}: not a text file") from None

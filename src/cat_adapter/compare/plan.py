@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cat_adapter.errors import CatAdapterError
+from cat_adapter.io import read_yaml
 
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
 CONCEPT_KEYS = ("name", "data", "spec", "prompt", "trigger", "class_noun", "caption_template", "preserve_pool",
@@ -128,15 +127,7 @@ def load_plan(path: str | Path) -> Plan:
     """Read and check a plan; every error is one line naming the plan file and the key."""
     path = Path(path)
     source = f"--plan {path}"
-    if not path.is_file():
-        raise CatAdapterError(f"{source}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise CatAdapterError(f"{source}: not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
-    except UnicodeDecodeError:
-        raise CatAdapterError(f"{source}: not a text file") from None
+    raw = read_yaml(path, source)
     if not isinstance(raw, dict):
         raise CatAdapterError(f"{source}: expected a mapping with keys {', '.join(PLAN_KEYS)}")
     return plan_from_dict(raw, source=source, root=path.resolve().parent)
