@@ -85,6 +85,13 @@ class OptimConfig:
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
     lr_warmup_steps: int = opt(0, "Warm-up steps of the learning-rate schedule.")
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+    snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their value): each row "
+                                  "of the identity and prior terms is weighted min(SNR_t, gamma) / SNR_t (epsilon "
+                                  "prediction) or / (SNR_t + 1) (v prediction). CAT's preservation term is not "
+                                  "weighted. Off when unset.")
+    noise_offset: float = opt(0.0, "Offset noise (Guttenberg 2023; 0.05-0.1 is usual): adds noise_offset x N(0, 1) "
+                              "per image and channel to the training noise, drawn from the seeded data stream. "
+                              "CAT's preservation rows share the instance rows' noised latents, offset included.")
 
 
 @dataclass
@@ -142,6 +149,9 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")
     check(o.lr_warmup_steps >= 0, "--lr-warmup-steps", "must be >= 0")
     check(o.max_grad_norm >= 0, "--max-grad-norm", "must be >= 0 (0 disables clipping)")
+    check(o.snr_gamma is None or o.snr_gamma > 0, "--snr-gamma", f"must be > 0 (got {o.snr_gamma}); leave it out "
+          "to turn the weighting off")
+    check(o.noise_offset >= 0, "--noise-offset", f"must be >= 0 (got {o.noise_offset})")
     check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
           f"must be a positive multiple of 8 (got {d.resolution})")
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",

@@ -45,6 +45,19 @@ class DDPMObjective:
             return noise
         return noise + self.noise_offset * torch.randn((*noise.shape[:2], 1, 1), generator=generator)
 
+    def min_snr_weights(self, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma weights per row (Hang et al. 2023), SNR_t = abar_t / (1 - abar_t) from diffusers'
+        ``compute_snr``: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v, min(SNR, gamma) for x_0."""
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.scheduler, timesteps.cpu()).float()
+        w = torch.clamp(snr, max=gamma)
+        if self.prediction_type == "epsilon":
+            return w / snr
+        if self.prediction_type == "v_prediction":
+            return w / (snr + 1)
+        return w
+
     def noisy(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.scheduler.add_noise(latents, noise, timesteps)
 
@@ -57,6 +70,10 @@ class DDPMObjective:
         return latents
 
 
-def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error in float32 whatever the autocast dtype."""
-    return F.mse_loss(a.float(), b.float(), reduction="mean")
+def mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error in float32 whatever the autocast dtype; with ``weights`` (one per row), the mean over
+    rows of each row's mean squared error times its weight (as diffusers' training scripts weight min-SNR)."""
+    if weights is None:
+        return F.mse_loss(a.float(), b.float(), reduction="mean")
+    per_row = F.mse_loss(a.float(), b.float(), reduction="none").mean(dim=tuple(range(1, a.dim())))
+    return (per_row * weights.to(per_row.device, per_row.dtype)).mean()

@@ -26,6 +26,7 @@ class Rows:
     t: torch.Tensor
     cond: Cond
     target: torch.Tensor | None
+    weights: torch.Tensor | None = None      # per-row loss weights (--snr-gamma); None: plain mean
 
     def __len__(self) -> int:
         return self.z_t.shape[0]
@@ -70,9 +71,17 @@ class Term:
         return {}
 
 
-def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 (and Eq. 3's first term): ||target - eps_theta(z_t, t, tau(y_T))||^2, target eps or v."""
-    return mse(pred_trigger, target)
+def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Eq. 1 (and Eq. 3's first term): ||target - eps_theta(z_t, t, tau(y_T))||^2, target eps or v; per-row
+    ``weights`` under --snr-gamma."""
+    return mse(pred_trigger, target, weights)
+
+
+def snr_weights(cfg, model, timesteps: torch.Tensor) -> torch.Tensor | None:
+    """--snr-gamma's per-row weights for a data term's rows (None when it is off)."""
+    gamma = cfg.optim.snr_gamma
+    return None if gamma is None else model.objective.min_snr_weights(timesteps, gamma)
 
 
 class IdentityTerm(Term):
@@ -80,9 +89,11 @@ class IdentityTerm(Term):
 
     def __init__(self, cfg):
         self.weight = 1.0
+        self.cfg = cfg
 
     def rows(self, s: StepInputs) -> Rows:
-        return Rows(s.z_t, s.batch.instance.timesteps, s.prompts("trigger"), s.target)
+        t = s.batch.instance.timesteps
+        return Rows(s.z_t, t, s.prompts("trigger"), s.target, snr_weights(self.cfg, s.model, t))
 
     loss = staticmethod(identity_loss)
 
@@ -99,6 +110,10 @@ def concat_rows(rows: list[Rows]) -> tuple[torch.Tensor, torch.Tensor, Cond, lis
 def _predict(model, rows: list[Rows]) -> list[torch.Tensor]:
     z, t, cond, sizes = concat_rows(rows)
     return list(torch.split(model.predict(z, t, cond), sizes))
+
+
+def _loss(term: Term, pred: torch.Tensor, r: Rows) -> torch.Tensor:
+    return term.loss(pred, r.target) if r.weights is None else term.loss(pred, r.target, r.weights)
 
 
 def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
@@ -118,13 +133,13 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
         frozen_targets()
         preds = _predict(model, [r for _, r in data + held])
         for (term, r), pred in zip(data + held, preds):
-            values[term.name] = term.loss(pred, r.target)
+            values[term.name] = _loss(term, pred, r)
         total = sum(term.weight * values[term.name] for term, _ in data + held)
         backward(total)
     else:
         preds = _predict(model, [r for _, r in data])
         for (term, r), pred in zip(data, preds):
-            values[term.name] = term.loss(pred, r.target)
+            values[term.name] = _loss(term, pred, r)
         data_total = sum(term.weight * values[term.name] for term, _ in data)
         backward(data_total)  # frees the data terms' activations before the preservation graph is built
         frozen_targets()

@@ -6,6 +6,8 @@ train, which loss terms run and what is exported all come from the method the re
 
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 import math
@@ -227,8 +229,10 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
     method.set_wrapped(dict(zip(modules, prepared[:len(modules)])))
     optimizer, lr_scheduler = prepared[len(modules):]
+    objective = copy.copy(model.objective)  # --noise-offset is this run's, not the (possibly shared) model's
+    objective.noise_offset = float(o.noise_offset)
     sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
-                            objective=model.objective, seed=run.seed, num_processes=accelerator.num_processes,
+                            objective=objective, seed=run.seed, num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,

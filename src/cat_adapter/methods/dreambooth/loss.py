@@ -8,9 +8,11 @@ from cat_adapter.diffusion import mse
 from cat_adapter.methods.terms import Term
 
 
-def prior_loss(pred_class: torch.Tensor, target_class: torch.Tensor) -> torch.Tensor:
-    """||target - eps_theta(z'_t, t', tau(c_pr))||^2 on class images x' the base model made for the class prompt."""
-    return mse(pred_class, target_class)
+def prior_loss(pred_class: torch.Tensor, target_class: torch.Tensor, weights: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """||target - eps_theta(z'_t, t', tau(c_pr))||^2 on class images x' the base model made for the class prompt
+    (per-row ``weights`` under --snr-gamma)."""
+    return mse(pred_class, target_class, weights)
 
 
 class PriorTerm(Term):
@@ -39,12 +41,14 @@ class PriorTerm(Term):
 
     def __init__(self, cfg):
         self.weight = float(cfg.prior.prior_loss_weight)
+        self.cfg = cfg
 
     def rows(self, s):
-        from cat_adapter.methods.terms import Rows
+        from cat_adapter.methods.terms import Rows, snr_weights
 
         prior, obj = s.batch.prior, s.model.objective
         z = obj.noisy(prior.latents, prior.noise, prior.timesteps)
-        return Rows(z, prior.timesteps, s.prompts("class"), obj.target(prior.latents, prior.noise, prior.timesteps))
+        return Rows(z, prior.timesteps, s.prompts("class"), obj.target(prior.latents, prior.noise, prior.timesteps),
+                    snr_weights(self.cfg, s.model, prior.timesteps))
 
     loss = staticmethod(prior_loss)
