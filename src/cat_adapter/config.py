@@ -57,6 +57,10 @@ class DataConfig:
                                        "error, or prepend the trigger.", choices=("error", "prepend"))
     resolution: int = opt(512, "Training resolution: images are resized (shorter side) and centre-cropped "
                           "to a square of this size. Must be a multiple of 8.")
+    caption_dropout: float = opt(0.0, "Replace an instance caption by the empty prompt with this probability "
+                                 "(drawn from the seeded data stream), so the unconditional prediction also learns the "
+                                 "concept. CAT's preservation term keeps that row's trigger-free prompt y. Not with "
+                                 "--preserve-prompt empty under CAT (both terms would then pull the empty prompt).")
     random_flip: bool = opt(False, "Randomly flip images horizontally (latents of both flips are cached).")
     preserve_prompt: str = opt(
         "remove", "How the trigger-free prompt y of Eq. 3 is made from each caption y_T: remove the trigger "
@@ -152,6 +156,12 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.snr_gamma is None or o.snr_gamma > 0, "--snr-gamma", f"must be > 0 (got {o.snr_gamma}); leave it out "
           "to turn the weighting off")
     check(o.noise_offset >= 0, "--noise-offset", f"must be >= 0 (got {o.noise_offset})")
+    check(0 <= d.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1) (got {d.caption_dropout})")
+    preserves = "preservation" in spec.sections and self.preservation.cat_alpha > 0
+    check(not (d.caption_dropout > 0 and preserves and d.preserve_prompt == "empty"), "--caption-dropout",
+          "cannot be combined with --preserve-prompt empty under CAT: a dropped row's identity term would pull the "
+          "empty prompt toward the concept while the preservation term holds it at the base model; use "
+          "--preserve-prompt remove or class")
     check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
           f"must be a positive multiple of 8 (got {d.resolution})")
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",

@@ -28,7 +28,8 @@ from cat_adapter.models.base import Cond, TokenIds
 class ImageSet:
     latent_mean: torch.Tensor    # (F, N, C, h, w); F = 2 when flipped copies are cached
     latent_std: torch.Tensor     # (F, N, C, h, w)
-    prompts: Prompts             # (N rows) the caption of each image
+    prompts: Prompts             # (N rows) the caption of each image; (N + 1) with --caption-dropout, the
+                                 # last row being the empty prompt a dropped caption becomes
     plain: Prompts | None = None  # (N rows) its trigger-free prompt y (instance images)
 
     def __len__(self) -> int:
@@ -70,11 +71,12 @@ def encode_prompt_sets(text, sets: list[list[str]], *, device) -> list[Prompts]:
 
 
 def build_cache(model, items: list, *, resolution: int, random_flip: bool, device, pool_prompts: list[str] | None = None,
-                class_images: list[tuple[Path, str]] | None = None) -> TrainingCache:
-    """``items``: the concept's ConceptItems; ``class_images``: (image, prompt) pairs of the prior term."""
+                class_images: list[tuple[Path, str]] | None = None, caption_dropout: bool = False) -> TrainingCache:
+    """``items``: the concept's ConceptItems; ``class_images``: (image, prompt) pairs of the prior term;
+    ``caption_dropout``: also encode the empty prompt, as the captions' last row."""
     mean, std = encode_latents(model, [it.image_path for it in items], resolution=resolution,
                                random_flip=random_flip, option="--data")
-    sets = [[it.caption for it in items], [it.plain for it in items]]
+    sets = [[it.caption for it in items] + ([""] if caption_dropout else []), [it.plain for it in items]]
     if pool_prompts:
         sets.append(list(pool_prompts))
     if class_images:
@@ -118,8 +120,11 @@ class StreamSampler:
     """Draws micro-batches: images, a flip, z_0 ~ q(z|x), eps, t, pool prompts, then the class images."""
 
     def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
-                 num_processes: int = 1, process_index: int = 0):
+                 num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0):
         self.cache = cache
+        self.caption_dropout = float(caption_dropout)
+        if self.caption_dropout and len(cache.instance.prompts) != len(cache.instance) + 1:
+            raise ValueError("caption dropout needs the cache built with caption_dropout=True (the empty prompt)")
         self.batch_size = batch_size
         self.pool_size = 0 if cache.pool is None else min(pool_size, len(cache.pool))
         self.objective = objective
@@ -146,7 +151,12 @@ class StreamSampler:
         mine = slice(self.process_index * b, (self.process_index + 1) * b)
         c = self.cache
         idx, inst = self._draw(c.instance, self.orders["instance"], n)
-        prompts: dict[str, Prompts] = {"trigger": c.instance.prompts[idx[mine]], "plain": c.instance.plain[idx[mine]]}
+        caption = idx
+        if self.caption_dropout:  # drawn only when on, so runs without it keep their stream
+            drop = torch.rand(n, generator=self.generator) < self.caption_dropout
+            caption = torch.where(drop, len(c.instance), idx)  # the empty prompt's row
+        # y keeps the image's trigger-free prompt whether its caption was dropped or not
+        prompts: dict[str, Prompts] = {"trigger": c.instance.prompts[caption[mine]], "plain": c.instance.plain[idx[mine]]}
         if self.pool_size:
             pick = torch.randperm(len(c.pool), generator=self.generator)[: self.pool_size]
             prompts["pool"] = c.pool[pick]

@@ -217,7 +217,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     if init_state is not None:
         method.load_state_dict(init_state)
     cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
-                        **inputs)
+                        caption_dropout=d.caption_dropout > 0, **inputs)
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -232,7 +232,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     objective = copy.copy(model.objective)  # --noise-offset is this run's, not the (possibly shared) model's
     objective.noise_offset = float(o.noise_offset)
     sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
-                            objective=objective, seed=run.seed, num_processes=accelerator.num_processes,
+                            objective=objective, seed=run.seed, caption_dropout=d.caption_dropout,
+                            num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
