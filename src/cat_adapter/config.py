@@ -89,6 +89,9 @@ class OptimConfig:
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
     lr_warmup_steps: int = opt(0, "Warm-up steps of the learning-rate schedule.")
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+    ema_decay: float | None = opt(None, "Keep an exponential moving average of the trained weights (diffusers' "
+                                  "EMAModel: decay min(this, (1 + n) / (10 + n)) at its n-th update) and also save it "
+                                  "as OUT/ema/, a complete adapter. Off when unset; 0.999-0.9999 is usual for long runs.")
     snr_gamma: float | None = opt(None, "Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their value): each row "
                                   "of the identity and prior terms is weighted min(SNR_t, gamma) / SNR_t (epsilon "
                                   "prediction) or / (SNR_t + 1) (v prediction). CAT's preservation term is not "
@@ -156,6 +159,9 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.snr_gamma is None or o.snr_gamma > 0, "--snr-gamma", f"must be > 0 (got {o.snr_gamma}); leave it out "
           "to turn the weighting off")
     check(o.noise_offset >= 0, "--noise-offset", f"must be >= 0 (got {o.noise_offset})")
+    check(o.ema_decay is None or 0 < o.ema_decay < 1, "--ema-decay", f"must be in (0, 1) (got {o.ema_decay})")
+    check(o.ema_decay is None or spec.runner is None, "--ema-decay",
+          f"is not supported by --method {spec.name}: its iterations continue from the raw weights")
     check(0 <= d.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1) (got {d.caption_dropout})")
     preserves = "preservation" in spec.sections and self.preservation.cat_alpha > 0
     check(not (d.caption_dropout > 0 and preserves and d.preserve_prompt == "empty"), "--caption-dropout",

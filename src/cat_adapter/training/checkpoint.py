@@ -2,7 +2,8 @@
 
 ``OUT/checkpoints/step-000040/`` holds ``trained.safetensors`` (the method's trainable state: LoRA
 weights, a full denoiser, token rows), ``optimizer.safetensors`` (every optimizer state tensor),
-``stream.safetensors`` (the one data-stream generator, the same on every rank), ``rng-rank<R>.safetensors``
+``stream.safetensors`` (the one data-stream generator, the same on every rank), ``ema.safetensors`` (the EMA
+weights, with --ema-decay), ``rng-rank<R>.safetensors``
 (each rank's torch CPU/CUDA generators: dropout) and ``state.json`` (format version, step, world size,
 optimizer hyperparameters, LR scheduler, stream positions, fp16 GradScaler state). A checkpoint is
 written by the main process into a temporary folder and renamed, so a killed run leaves either the
@@ -57,7 +58,7 @@ FORMAT_VERSION = 2
 
 def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor], optimizer, lr_scheduler,
                     stream_state: dict, rng_states: list[dict[str, torch.Tensor]], scaler_state: dict | None = None,
-                    limit: int | None = None) -> Path:
+                    limit: int | None = None, ema_state: dict | None = None) -> Path:
     """Write a checkpoint (main process); ``rng_states``: one dict of generator states per rank."""
     root = Path(out_dir) / CHECKPOINT_DIR
     target = root / f"step-{step:06d}"
@@ -68,7 +69,12 @@ def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor
         save_file({"generator": stream_state["generator"]}, str(tmp / "stream.safetensors"))
         for rank, rng in enumerate(rng_states):
             save_file(rng, str(tmp / f"rng-rank{rank}.safetensors"))
-        state = {"format_version": FORMAT_VERSION, "step": step, "world_size": len(rng_states),
+        ema_meta = None
+        if ema_state is not None:  # diffusers' EMAModel.state_dict(): shadow tensors + JSON-able settings
+            save_file({f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(ema_state["shadow_params"])},
+                      str(tmp / "ema.safetensors"))
+            ema_meta = {k: v for k, v in ema_state.items() if k != "shadow_params"}
+        state = {"format_version": FORMAT_VERSION, "step": step, "world_size": len(rng_states), "ema": ema_meta,
                  "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
                  "stream": {k: v for k, v in stream_state.items() if k != "generator"}, "grad_scaler": scaler_state}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
@@ -121,7 +127,16 @@ def load_checkpoint(path: Path, *, rank: int = 0) -> dict[str, Any]:
         "stream": {"generator": load_file(str(path / "stream.safetensors"))["generator"], **state["stream"]},
         "grad_scaler": state.get("grad_scaler"),
         "rng": rng,
+        "ema": _ema(path, state.get("ema")),
     }
+
+
+def _ema(path: Path, meta: dict | None) -> dict | None:
+    """The EMAModel state saved beside a checkpoint (None when the run kept none)."""
+    if meta is None:
+        return None
+    shadow = load_file(str(path / "ema.safetensors"))
+    return {**meta, "shadow_params": [shadow[f"shadow.{i}"] for i in range(len(shadow))]}
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

@@ -61,6 +61,7 @@ class Session:
     last_checkpoint: Path | None = None
     model_mb: float | None = None    # memory in use once the frozen model is loaded (the profile's baseline)
     generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
+    ema: Any = None                  # diffusers' EMAModel over the method's parameters (--ema-decay)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
@@ -221,6 +222,11 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
+    ema = None
+    if o.ema_decay is not None:  # from the starting weights (init_state included), on their device
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(method.parameters(), decay=o.ema_decay)
     optimizer = torch.optim.AdamW(method.param_groups(o), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
                                   weight_decay=o.weight_decay, eps=o.adam_epsilon)
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
@@ -237,7 +243,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
-                   model_mb=model_mb, generation_s=generation_s)
+                   model_mb=model_mb, generation_s=generation_s, ema=ema)
 
 
 def seed_model_randomness(seed: int, rank: int) -> None:
@@ -262,6 +268,11 @@ def resume(s: Session, path: Path) -> None:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     s.sampler.load_state_dict(ckpt["stream"])
+    if s.ema is not None:
+        if ckpt["ema"] is None:
+            raise CatAdapterError(f"--resume: {path} holds no EMA state (--ema-decay); resume without it")
+        s.ema.load_state_dict(ckpt["ema"])
+        s.ema.to(device=acc.device)  # the shadow weights were read to the CPU
     if ckpt["grad_scaler"] and acc.scaler is not None:
         acc.scaler.load_state_dict(ckpt["grad_scaler"])
     restore_rng(ckpt["rng"])
@@ -315,6 +326,8 @@ def train_step(s: Session) -> dict[str, float | None]:
     s.lr_scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     s.method.after_step()
+    if s.ema is not None:
+        s.ema.step(s.method.parameters())
     return terms
 
 
@@ -328,7 +341,8 @@ def checkpoint(s: Session, done: int) -> None:
         s.last_checkpoint = save_checkpoint(
             Path(s.cfg.run.output), done, trained=s.method.state_dict(), optimizer=s.optimizer,
             lr_scheduler=s.lr_scheduler, stream_state=s.sampler.state_dict(), rng_states=rngs,
-            scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None, limit=s.cfg.run.checkpoints_limit)
+            scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None, limit=s.cfg.run.checkpoints_limit,
+            ema_state=s.ema.state_dict() if s.ema is not None else None)
     acc.wait_for_everyone()
 
 
@@ -398,6 +412,15 @@ def finish(s: Session, t0: float) -> None:
     out, run = Path(s.cfg.run.output), s.cfg.run
     exported = s.method.export(out, dtype=DTYPES[run.save_dtype], export_format=run.export_format)
     write_adapter(s, out, exported)
+    if s.ema is not None:  # the averaged weights as a second, complete adapter
+        params = s.method.parameters()
+        s.ema.store(params)
+        s.ema.copy_to(params)
+        try:
+            write_adapter(s, out / "ema", s.method.export(out / "ema", dtype=DTYPES[run.save_dtype],
+                                                          export_format=run.export_format))
+        finally:
+            s.ema.restore(params)
     validate(s, out / "validation.png")
     files = sorted({f for e in exported for f in e.files.values()})
     peak = memory.peak_mb()
@@ -407,4 +430,5 @@ def finish(s: Session, t0: float) -> None:
         "peak_memory_above_model_mb": memory.rounded(None if peak is None or s.model_mb is None else peak - s.model_mb),
         "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
         "generation_seconds": round(s.generation_s, 2), "files": files, "adapter": "adapter.json",
+        "ema_adapter": "ema/adapter.json" if s.ema is not None else None,
         "steps": s.cfg.optim.steps})
