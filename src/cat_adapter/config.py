@@ -120,6 +120,10 @@ class RunConfig:
     overwrite: bool = opt(False, "Delete an existing --output folder and start afresh.")
     validation_prompt: str | None = opt(None, "Prompt with the trigger; a grid of base vs adapted images "
                                         "for it and its trigger-free form is written every --validation-every steps.")
+    report_to: str = opt("none", "Also log every step (loss terms, lr, alpha, seconds, memory) and the validation "
+                         "grids to an experiment tracker, through accelerate: event files in OUT/logs/ (tensorboard), or "
+                         "a W&B run (wandb). Optional extras: pip install 'cat-adapter[tensorboard]' / '[wandb]'. "
+                         "OUT/log.jsonl is written either way.", choices=("none", "tensorboard", "wandb"))
     validation_every: int = opt(100, "Steps between validation grids.")
     validation_images: int = opt(2, "Images (seeds 0..N-1) per validation prompt.")
     validation_steps: int = opt(25, "Sampling steps of validation images.")

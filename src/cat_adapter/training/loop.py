@@ -33,7 +33,7 @@ from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
 from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, rng_state,
                                              save_checkpoint)
-from cat_adapter.training import memory
+from cat_adapter.training import memory, trackers
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Session:
     model_mb: float | None = None    # memory in use once the frozen model is loaded (the profile's baseline)
     generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
     ema: Any = None                  # diffusers' EMAModel over the method's parameters (--ema-decay)
+    tracking: bool = False           # --report-to: trackers were started
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
@@ -92,10 +93,12 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume":
         check_resume(cfg, out, checkpoints)
+    trackers.check(run.report_to)
     owned = accelerator is None
     if owned:
         accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
-                                  gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps)
+                                  gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+                                  **trackers.accelerator_kwargs(run.report_to, out))
     elif accelerator.gradient_accumulation_steps != cfg.optim.gradient_accumulation_steps:
         raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
     try:
@@ -103,6 +106,7 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
         s = setup(cfg, items, inputs, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
                                                                                       accelerator),
                   init_state=init_state)
+        s.tracking = trackers.start(accelerator, cfg)
         if checkpoints:
             resume(s, checkpoints[-1])
         run_loop(s, progress=progress)
@@ -286,7 +290,7 @@ def resume(s: Session, path: Path) -> None:
     acc.print(f"resumed from {path} (step {s.start})")
 
 
-def validate(s: Session, path: Path) -> None:
+def validate(s: Session, path: Path, step: int) -> None:
     run, d = s.cfg.run, s.cfg.data
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
@@ -295,6 +299,8 @@ def validate(s: Session, path: Path) -> None:
                     num_images=run.validation_images, steps=run.validation_steps,
                     guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
                     autocast=s.accelerator.autocast())
+    if s.tracking:
+        trackers.log_image(s.accelerator, path, step)
 
 
 def train_step(s: Session) -> dict[str, float | None]:
@@ -351,6 +357,7 @@ def run_loop(s: Session, *, progress: bool) -> None:
 
     run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
     main = s.accelerator.is_main_process
+    alpha = {"cat_alpha": t.weight for t in s.method.terms if t.name == "preservation"}
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
     with (out / "log.jsonl").open("a") if main else _Null() as log_file:
@@ -362,8 +369,11 @@ def run_loop(s: Session, *, progress: bool) -> None:
                 raise CatAdapterError(
                     f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
                     f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
-            record = {"step": done, **terms, **extra_logs(s.method), "seconds": round(time.perf_counter() - t0, 4)}
+            record = {"step": done, **terms, **extra_logs(s.method), **alpha,
+                      "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
             log_file.write(json.dumps(record) + "\n")
+            if s.tracking:
+                trackers.log_step(s.accelerator, record, done)
             log_file.flush()
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k.startswith("loss") and v is not None})
             if run.checkpoint_every and (done % run.checkpoint_every == 0 or done == steps):
@@ -374,9 +384,9 @@ def run_loop(s: Session, *, progress: bool) -> None:
             if run.save_every and done % run.save_every == 0:
                 exported = s.method.export(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
                 write_adapter(s, out / f"step-{done}", exported)
-                validate(s, out / f"step-{done}" / "validation.png")
+                validate(s, out / f"step-{done}" / "validation.png", done)
             elif run.validation_every and done % run.validation_every == 0:
-                validate(s, out / "validation" / f"step-{done:06d}.png")
+                validate(s, out / "validation" / f"step-{done:06d}.png", done)
 
 
 def extra_logs(method: Method) -> dict[str, float]:
@@ -421,7 +431,7 @@ def finish(s: Session, t0: float) -> None:
                                                           export_format=run.export_format))
         finally:
             s.ema.restore(params)
-    validate(s, out / "validation.png")
+    validate(s, out / "validation.png", s.cfg.optim.steps)
     files = sorted({f for e in exported for f in e.files.values()})
     peak = memory.peak_mb()
     step_s = [json.loads(ln)["seconds"] for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
