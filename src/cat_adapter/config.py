@@ -23,6 +23,7 @@ import yaml
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods import registry
 from cat_adapter.options import REQUIRED, check, opt  # noqa: F401  (REQUIRED re-exported)
+from cat_adapter.training import optimizers
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,13 +79,17 @@ class MethodConfig:
 @dataclass
 class OptimConfig:
     steps: int = opt(600, "Optimizer steps.")
-    lr: float = opt(1e-4, "Learning rate (AdamW).")
+    optimizer: str = opt("adamw", "Optimizer: adamw (torch); adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt; "
+                         "--lr defaults to 1.0 with it) and adafactor (transformers, at the given lr: "
+                         "relative_step off) are optional extras: pip install 'cat-adapter[bitsandbytes]' / '[prodigy]'.",
+                         choices=("adamw", "adamw8bit", "prodigy", "adafactor"))
+    lr: float = opt(1e-4, "Learning rate (for prodigy a multiplier of its estimated step size, default 1.0).")
     batch_size: int = opt(1, "Images per micro-batch.")
     gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
-    weight_decay: float = opt(0.01, "AdamW weight decay.")
-    adam_beta1: float = opt(0.9, "AdamW beta1.")
-    adam_beta2: float = opt(0.999, "AdamW beta2.")
-    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    weight_decay: float = opt(0.01, "Weight decay (decoupled for AdamW, 8-bit AdamW and Prodigy).")
+    adam_beta1: float = opt(0.9, "Beta1 of AdamW, 8-bit AdamW and Prodigy.")
+    adam_beta2: float = opt(0.999, "Beta2 of AdamW, 8-bit AdamW and Prodigy.")
+    adam_epsilon: float = opt(1e-8, "Epsilon of AdamW, 8-bit AdamW and Prodigy.")
     lr_scheduler: str = opt("constant", "Learning-rate schedule.", choices=(
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"))
     lr_warmup_steps: int = opt(0, "Warm-up steps of the learning-rate schedule.")
@@ -155,6 +160,8 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(0 <= r.seed < 2**32, "--seed", f"must be in [0, 2**32) (got {r.seed})")
     check(r.validation_steps >= 1, "--validation-steps", "must be >= 1")
     check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
+    if o.optimizer in optimizers.DEFAULT_LR and "lr" not in (given or ()):
+        o.lr = optimizers.DEFAULT_LR[o.optimizer]  # the method's AdamW lr means nothing to it
     check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
     check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
     check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")

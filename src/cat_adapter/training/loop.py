@@ -33,7 +33,7 @@ from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
 from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, rng_state,
                                              save_checkpoint)
-from cat_adapter.training import memory, trackers
+from cat_adapter.training import memory, optimizers, trackers
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     if mode == "resume":
         check_resume(cfg, out, checkpoints)
     trackers.check(run.report_to)
+    optimizers.check(cfg.optim.optimizer)
     owned = accelerator is None
     if owned:
         accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu,
@@ -231,8 +232,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(method.parameters(), decay=o.ema_decay)
-    optimizer = torch.optim.AdamW(method.param_groups(o), lr=o.lr, betas=(o.adam_beta1, o.adam_beta2),
-                                  weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    optimizer = optimizers.build(o, method.param_groups(o))
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=o.steps * accelerator.num_processes)
     modules = method.modules()

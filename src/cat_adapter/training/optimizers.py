@@ -1,0 +1,47 @@
+"""``--optimizer``: AdamW (torch), 8-bit AdamW (bitsandbytes), Prodigy (prodigyopt), Adafactor (transformers).
+
+The optional ones are pip extras; a missing one is a one-line error naming it. Every optimizer's state is
+plain tensors plus JSON-able numbers, so checkpoints hold it without pickle and resume continues it exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from cat_adapter.errors import CatAdapterError
+
+CHOICES = ("adamw", "adamw8bit", "prodigy", "adafactor")
+EXTRAS = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigy")}  # -> (import, extra)
+DEFAULT_LR = {"prodigy": 1.0}   # Prodigy estimates the step size; lr multiplies it (its authors: leave it at 1)
+
+
+def check(name: str) -> None:
+    if name in EXTRAS:
+        package, extra = EXTRAS[name]
+        if importlib.util.find_spec(package) is None:
+            raise CatAdapterError(f"--optimizer {name} needs the {package} package, which is not installed: "
+                                  f"pip install 'cat-adapter[{extra}]'")
+
+
+def build(o, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimizer ``o.optimizer`` over ``groups`` with the run's lr, betas, epsilon and weight decay."""
+    betas = (o.adam_beta1, o.adam_beta2)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=betas, weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    check(o.optimizer)
+    if o.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=o.lr, betas=betas, weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    if o.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, lr=o.lr, betas=betas, weight_decay=o.weight_decay, eps=o.adam_epsilon)
+    if o.optimizer == "adafactor":  # at the given lr, not its relative-step schedule
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=o.lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                         weight_decay=o.weight_decay)
+    raise CatAdapterError(f"--optimizer {o.optimizer!r}: choose one of {', '.join(CHOICES)}")
