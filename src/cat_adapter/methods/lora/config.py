@@ -14,11 +14,25 @@ class LoraOptions:
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
                                     "Denoiser modules that get LoRA (comma-separated names).")
+    use_dora: bool = opt(False, "DoRA (Liu et al. 2024, peft's use_dora): a trained magnitude per output channel on "
+                         "top of LoRA's direction update. Loads with diffusers' load_lora_weights; not with "
+                         "--export-format kohya.")
+    init_lora_weights: str = opt("gaussian", "Initialisation, each starting with B A = 0 so training starts at the "
+                                 "base model: gaussian or true (peft's Kaiming-uniform) A with B = 0, or orthogonal "
+                                 "(A and B from orthogonal rows, product 0 up to rounding; even --rank). Methods that rewrite "
+                                 "the base weights (PiSSA, OLoRA, CorDA, LoftQ) are not offered: CAT's frozen pass and "
+                                 "plain-diffusers loading need the base weights untouched.",
+                                 choices=("gaussian", "true", "orthogonal"))
 
     def validate(self, cfg) -> None:
         check(self.rank > 0, "--rank", f"must be >= 1 (got {self.rank})")
         check(self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", "must be > 0")
         check(0 <= self.lora_dropout < 1, "--lora-dropout", "must be in [0, 1)")
         check(len(self.target_modules) > 0, "--target-modules", "must name at least one module")
+        check(self.init_lora_weights != "orthogonal" or self.rank % 2 == 0, "--init-lora-weights",
+              f"orthogonal needs an even --rank (got {self.rank})")
+        check(not (self.use_dora and cfg.run.export_format == "kohya"), "--use-dora",
+              "cannot be exported with --export-format kohya: diffusers' kohya conversion does not map DoRA's "
+              "magnitude vectors (lora_magnitude_vector -> dora_scale); use the diffusers format")
         if self.lora_alpha is None:
             self.lora_alpha = float(self.rank)  # resolved here so the saved config holds the value used

@@ -52,8 +52,9 @@ class LoraPart:
         denoiser = model.denoiser
         model.check_lora_targets(o.target_modules)
         self.config = LoraConfig(r=o.rank, lora_alpha=o.lora_alpha if o.lora_alpha is not None else o.rank,
-                                 lora_dropout=o.lora_dropout, init_lora_weights="gaussian",
-                                 target_modules=list(o.target_modules))
+                                 lora_dropout=o.lora_dropout, target_modules=list(o.target_modules),
+                                 init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights),
+                                 use_dora=o.use_dora)
         try:
             denoiser.add_adapter(self.config, adapter_name=ADAPTER_NAME)
         except ValueError as exc:
@@ -108,4 +109,5 @@ class LoraPart:
                                               rank=int(self.config.r))
             files["lora_kohya"] = path.name
         return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": float(self.config.lora_alpha),
-                                        "target_modules": sorted(self.config.target_modules)})
+                                        "target_modules": sorted(self.config.target_modules),
+                                        "use_dora": bool(self.config.use_dora)})
