@@ -125,6 +125,10 @@ class RunConfig:
     overwrite: bool = opt(False, "Delete an existing --output folder and start afresh.")
     validation_prompt: str | None = opt(None, "Prompt with the trigger; a grid of base vs adapted images "
                                         "for it and its trigger-free form is written every --validation-every steps.")
+    cache_dir: str | None = opt(None, "Keep VAE latents and prompt embeddings in this folder between runs, keyed by "
+                                "the base model's identity, each image's bytes, the resolution, flips, dtype and "
+                                "prompt (a stale entry is never used). compare gives its jobs DIR/cache unless the plan "
+                                "sets one.")
     report_to: str = opt("none", "Also log every step (loss terms, lr, alpha, seconds, memory) and the validation "
                          "grids to an experiment tracker, through accelerate: event files in OUT/logs/ (tensorboard), or "
                          "a W&B run (wandb). Optional extras: pip install 'cat-adapter[tensorboard]' / '[wandb]'. "
@@ -412,7 +416,8 @@ def save_config(cfg: TrainConfig, path: str | Path, **extra: Any) -> None:
 # Options that may change between a run and its --resume without changing what is trained.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_every", "checkpoints_limit",
                      "validation_prompt", "validation_every", "validation_images", "validation_steps",
-                     "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output"}
+                     "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output", "cache_dir",
+                     "report_to"}
 
 
 def resume_mismatch(saved: TrainConfig, current: TrainConfig) -> list[str]:

@@ -192,6 +192,7 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
         opts = train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool"))
         if cpu:
             opts["cpu"] = True
+        opts.setdefault("cache_dir", str(out / "cache"))  # latents and prompt embeddings shared by the plan's jobs
         resumable = (train_dir / "config.yaml").is_file()
         opts.update(resume=resumable, overwrite=False)
         if not (train_dir / DONE).is_file():

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cat_adapter.data.batch import Batch, Noised, Prompts
 from cat_adapter.data.concept import image_to_tensor, open_image, resize_center_crop
+from cat_adapter.data.disk_cache import file_sha256
 from cat_adapter.models.base import Cond, TokenIds
 
 
@@ -45,20 +46,63 @@ class TrainingCache:
     shift_factor: float
 
 
-def encode_latents(model, paths: list[Path], *, resolution: int, random_flip: bool, option: str
+def encode_latents(model, paths: list[Path], *, resolution: int, random_flip: bool, option: str, disk=None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    images = [resize_center_crop(open_image(p, option), resolution) for p in paths]
-    variants = [images] + ([[im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]] if random_flip else [])
-    encoded = [model.encode_images(torch.stack([image_to_tensor(im) for im in v])) for v in variants]
-    return torch.stack([m for m, _ in encoded]), torch.stack([s for _, s in encoded])
+    """(mean, std) of q(z|x), each (F, N, C, h, w); with ``disk`` (a DiskCache) entries are read or written per image."""
+    keys = [None] * len(paths)
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    if disk is not None:
+        dtype = str(next(model.pipe.vae.parameters()).dtype)
+        for i, p in enumerate(paths):
+            keys[i] = disk.key("latents", image=file_sha256(p), resolution=resolution, flips=bool(random_flip),
+                               vae_dtype=dtype)
+            if (hit := disk.get("latents", keys[i])) is not None:
+                found[i] = hit
+    todo = [i for i in range(len(paths)) if i not in found]
+    if todo:
+        images = [resize_center_crop(open_image(paths[i], option), resolution) for i in todo]
+        variants = [images] + ([[im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]] if random_flip else [])
+        encoded = [model.encode_images(torch.stack([image_to_tensor(im) for im in v])) for v in variants]
+        mean, std = torch.stack([m for m, _ in encoded]), torch.stack([s for _, s in encoded])
+        for j, i in enumerate(todo):
+            found[i] = {"mean": mean[:, j], "std": std[:, j]}
+            if disk is not None:
+                disk.put("latents", keys[i], found[i])
+    # contiguous either way: the VAE's output layout (channels-last on the CPU) would otherwise follow the
+    # latents into the U-Net, and a read-back entry (contiguous) would then give other float rounding
+    return (torch.stack([found[i]["mean"] for i in range(len(paths))], dim=1).contiguous(),
+            torch.stack([found[i]["std"] for i in range(len(paths))], dim=1).contiguous())
 
 
-def encode_prompt_sets(text, sets: list[list[str]], *, device) -> list[Prompts]:
+def _encode_cached(text, prompts: list[str], *, device, disk) -> Cond:
+    """``text.encode`` with each prompt's row read from or written to ``disk``."""
+    if disk is None:
+        return text.encode(prompts, device=device)
+    dtype = str(next(text.encoder.parameters()).dtype)
+    keys = [disk.key("text", prompt=p, encoder_dtype=dtype) for p in prompts]
+    rows: dict[int, dict[str, torch.Tensor]] = {}
+    for i, k in enumerate(keys):
+        if (hit := disk.get("text", k)) is not None:
+            rows[i] = hit
+    todo = [i for i in range(len(prompts)) if i not in rows]
+    if todo:
+        cond = text.encode([prompts[i] for i in todo], device=device)
+        for j, i in enumerate(todo):
+            rows[i] = {"hidden": cond.hidden[j], **({"pooled": cond.pooled[j]} if cond.pooled is not None else {}),
+                       **{f"extra.{k}": v[j] for k, v in cond.extra.items()}}
+            disk.put("text", keys[i], rows[i])
+    ordered = [rows[i] for i in range(len(prompts))]
+    pooled = torch.stack([r["pooled"] for r in ordered]) if "pooled" in ordered[0] else None
+    extra = {k[6:]: torch.stack([r[k] for r in ordered]) for k in ordered[0] if k.startswith("extra.")}
+    return Cond(torch.stack([r["hidden"] for r in ordered]), pooled, extra)
+
+
+def encode_prompt_sets(text, sets: list[list[str]], *, device, disk=None) -> list[Prompts]:
     """Each list of prompts as a ``Cond`` when none holds a trainable token (all cacheable lists are
     encoded in one call, in order), else as ``TokenIds`` to encode in the step."""
     cacheable = [all(text.cacheable(p) for p in s) for s in sets]
     flat = [p for s, c in zip(sets, cacheable) if c for p in s]
-    cond = text.encode(flat, device=device) if flat else None
+    cond = _encode_cached(text, flat, device=device, disk=disk) if flat else None
     out: list[Prompts] = []
     pos = 0
     for s, c in zip(sets, cacheable):
@@ -71,23 +115,24 @@ def encode_prompt_sets(text, sets: list[list[str]], *, device) -> list[Prompts]:
 
 
 def build_cache(model, items: list, *, resolution: int, random_flip: bool, device, pool_prompts: list[str] | None = None,
-                class_images: list[tuple[Path, str]] | None = None, caption_dropout: bool = False) -> TrainingCache:
+                class_images: list[tuple[Path, str]] | None = None, caption_dropout: bool = False,
+                disk=None) -> TrainingCache:
     """``items``: the concept's ConceptItems; ``class_images``: (image, prompt) pairs of the prior term;
-    ``caption_dropout``: also encode the empty prompt, as the captions' last row."""
+    ``caption_dropout``: also encode the empty prompt, as the captions' last row; ``disk``: a DiskCache."""
     mean, std = encode_latents(model, [it.image_path for it in items], resolution=resolution,
-                               random_flip=random_flip, option="--data")
+                               random_flip=random_flip, option="--data", disk=disk)
     sets = [[it.caption for it in items] + ([""] if caption_dropout else []), [it.plain for it in items]]
     if pool_prompts:
         sets.append(list(pool_prompts))
     if class_images:
         sets.append([p for _, p in class_images])
-    encoded = encode_prompt_sets(model.text, sets, device=device)
+    encoded = encode_prompt_sets(model.text, sets, device=device, disk=disk)
     instance = ImageSet(mean, std, encoded[0], encoded[1])
     pool = encoded[2] if pool_prompts else None
     prior = None
     if class_images:
         c_mean, c_std = encode_latents(model, [p for p, _ in class_images], resolution=resolution,
-                                       random_flip=random_flip, option="--class-data")
+                                       random_flip=random_flip, option="--class-data", disk=disk)
         prior = ImageSet(c_mean, c_std, encoded[-1])
     scale, shift = model.latent_scale
     return TrainingCache(instance, pool, prior, scale, shift)

@@ -25,6 +25,7 @@ import cat_adapter
 from cat_adapter.config import TrainConfig, config_from_dict, resume_mismatch, save_config
 from cat_adapter.data.cache import StreamSampler, build_cache
 from cat_adapter.data.concept import ConceptItem, load_concept
+from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger, plain_prompt
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import check_output_folder, write_json_atomic, write_text_atomic
@@ -63,6 +64,7 @@ class Session:
     generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
     ema: Any = None                  # diffusers' EMAModel over the method's parameters (--ema-decay)
     tracking: bool = False           # --report-to: trackers were started
+    cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
@@ -222,8 +224,9 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     method = build_method(cfg, model, need_base_copy=bool(run.validation_prompt))
     if init_state is not None:
         method.load_state_dict(init_state)
+    disk = DiskCache(run.cache_dir, model.identity) if run.cache_dir else None
     cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
-                        caption_dropout=d.caption_dropout > 0, **inputs)
+                        caption_dropout=d.caption_dropout > 0, disk=disk, **inputs)
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -247,7 +250,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
-                   model_mb=model_mb, generation_s=generation_s, ema=ema)
+                   model_mb=model_mb, generation_s=generation_s, ema=ema,
+                   cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
 
 
 def seed_model_randomness(seed: int, rank: int) -> None:
@@ -440,5 +444,5 @@ def finish(s: Session, t0: float) -> None:
         "peak_memory_above_model_mb": memory.rounded(None if peak is None or s.model_mb is None else peak - s.model_mb),
         "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
         "generation_seconds": round(s.generation_s, 2), "files": files, "adapter": "adapter.json",
-        "ema_adapter": "ema/adapter.json" if s.ema is not None else None,
+        "ema_adapter": "ema/adapter.json" if s.ema is not None else None, "cache": s.cache_stats,
         "steps": s.cfg.optim.steps})
