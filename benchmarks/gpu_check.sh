@@ -36,5 +36,26 @@ for mp in ("fp16", "bf16", "no"):
               f"preservation {log[-1]['loss_preservation']:.2e}, weights {sorted({str(v.dtype) for v in w.values()})}, "
               f"finite {all(torch.isfinite(v).all().item() for v in w.values())}, image finite {bool(abs(img).max() < 10)}")
 PY
+# 8-bit AdamW (bitsandbytes) runs on CUDA only: one short run, then SIGKILL-free resume check by two halves
+python3 -m pip install -q "bitsandbytes>=0.43" 2>&1 | tail -1
+python3 - <<'PY' 2>&1 | grep -v Warning | tee "$OUT/adamw8bit.log"
+import tempfile, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from cat_adapter.config import build_config
+from cat_adapter.testing.tiny import build_tiny_pipeline, write_shape_concept
+from cat_adapter.training.loop import train
+d = Path(tempfile.mkdtemp())
+model = build_tiny_pipeline(d / "model", sample_size=16)
+data = write_shape_concept(d / "data", n=4, size=32)
+kw = dict(model=str(model), data=str(data), class_noun="circle", resolution=32, lr=1e-3, optimizer="adamw8bit",
+          checkpoint_every=5, validation_every=0)
+straight = train(build_config(overrides={**kw, "output": str(d / "straight"), "steps": 10}), progress=False)
+half = train(build_config(overrides={**kw, "output": str(d / "half"), "steps": 5}), progress=False)
+resumed = train(build_config(overrides={**kw, "output": str(d / "half"), "steps": 10, "resume": True}), progress=False)
+a, b = (load_file(str(p / "pytorch_lora_weights.safetensors")) for p in (straight, resumed))
+print("adamw8bit: trained, finite", all(torch.isfinite(v).all().item() for v in a.values()),
+      "resume max diff", max((a[k] - b[k]).abs().max().item() for k in a))
+PY
 python3 -m pytest -q -p no:cacheprovider tests/test_methods.py tests/test_training.py 2>&1 | tail -15 | tee "$OUT/pytest.log"
 python3 benchmarks/cat_cost.py --device cuda --output "$OUT/cat_cost-cuda.json" 2>&1 | tail -12
