@@ -24,3 +24,31 @@ def forward_backward(self, batch, backward):
 Method.forward_backward = forward_backward
 train(build_config(overrides=json.loads(sys.argv[1])), progress=False)
 """
+
+
+def unet_out(unet, seed=0):
+    """The tiny U-Net's output on fixed random inputs (two timesteps), without gradients."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    z, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        return unet(z, torch.tensor([10, 500]), c).sample
+
+
+def train_cli_error(capsys, model, data, out, *extra) -> str:
+    """Run ``cat-adapter train`` with bad options; assert exit status 2, one error line and no output folder.
+    Returns the error line. ``data`` None leaves --data out."""
+    from cat_adapter.cli.main import main as cli_main
+
+    argv = ["train", "--model", str(model), *(["--data", str(data)] if data else []), "--class-noun", "circle",
+            "--output", str(out), *extra]
+    try:
+        code = cli_main(argv)
+    except SystemExit as e:  # argparse's own errors (choices)
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and (len(err) == 1 or err[0].startswith("usage:")), err
+    assert not out.exists()
+    return err[-1]

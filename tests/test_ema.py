@@ -6,11 +6,10 @@ import sys
 
 import pytest
 import torch
-from helpers import KILLER, train_overrides
+from helpers import KILLER, train_cli_error, train_overrides
 from safetensors.torch import load_file
 
 from cat_adapter.adapters import load_adapter
-from cat_adapter.cli.main import main as cli_main
 from cat_adapter.config import build_config
 from cat_adapter.training.loop import train
 
@@ -52,10 +51,5 @@ def test_resume_with_ema_equals_uninterrupted_run(tiny_model, concept_dir, tmp_p
 @pytest.mark.parametrize("extra, needle", [(["--ema-decay", "1"], "--ema-decay"), (["--ema-decay", "0"], "--ema-decay"),
                                            (["--method", "tco", "--ema-decay", "0.9"], "--ema-decay")])
 def test_bad_ema_values(tiny_model, concept_dir, tmp_path, capsys, extra, needle):
-    out = tmp_path / "out"
-    data = [] if "tco" in extra else ["--data", str(concept_dir)]
-    assert cli_main(["train", "--model", str(tiny_model), *data, "--class-noun", "circle", "--output", str(out),
-                     *extra]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0]
-    assert not out.exists()
+    data = None if "tco" in extra else concept_dir
+    assert needle in train_cli_error(capsys, tiny_model, data, tmp_path / "out", *extra)

@@ -2,20 +2,12 @@
 
 import pytest
 import torch
-from helpers import train_overrides
+from helpers import train_cli_error, train_overrides, unet_out
 
-from cat_adapter.cli.main import main as cli_main
 from cat_adapter.config import build_config
 from cat_adapter.methods.base import build_method
 from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
 from cat_adapter.training.loop import train
-
-
-def unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
-    with torch.no_grad():
-        return unet(z, torch.tensor([10, 500]), c).sample
 
 
 def test_dora_trains_and_loads_in_plain_diffusers_with_the_trained_outputs(tiny_model, concept_dir, tmp_path):
@@ -69,13 +61,4 @@ def test_every_offered_init_starts_at_the_base_model(tiny_model, init):
                                            (["--init-lora-weights", "pissa"], "--init-lora-weights"),
                                            (["--init-lora-weights", "orthogonal", "--rank", "3"], "even")])
 def test_bad_lora_variants(tiny_model, concept_dir, tmp_path, capsys, extra, needle):
-    out = tmp_path / "out"
-    try:
-        code = cli_main(["train", "--model", str(tiny_model), "--data", str(concept_dir), "--class-noun", "circle",
-                         "--output", str(out), *extra])
-    except SystemExit as e:   # argparse's choices error
-        code = e.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert needle in err[-1]
-    assert not out.exists()
+    assert needle in train_cli_error(capsys, tiny_model, concept_dir, tmp_path / "out", *extra)

@@ -4,9 +4,8 @@ import importlib.util
 import json
 
 import pytest
-from helpers import train_overrides
+from helpers import train_cli_error, train_overrides
 
-from cat_adapter.cli.main import main as cli_main
 from cat_adapter.config import build_config
 from cat_adapter.training.loop import train
 
@@ -39,9 +38,5 @@ def test_tensorboard_gets_the_log_and_the_grids(tiny_model, concept_dir, tmp_pat
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_missing_tracker_package_names_the_extra(tiny_model, concept_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert cli_main(["train", "--model", str(tiny_model), "--data", str(concept_dir), "--class-noun", "circle",
-                     "--output", str(out), "--report-to", "wandb"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'cat-adapter[wandb]'" in err[0]
-    assert not out.exists()
+    err = train_cli_error(capsys, tiny_model, concept_dir, tmp_path / "out", "--report-to", "wandb")
+    assert "pip install 'cat-adapter[wandb]'" in err

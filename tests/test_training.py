@@ -7,22 +7,14 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import KILLER, train_overrides
+from helpers import KILLER, train_overrides, unet_out
 from safetensors.torch import load_file
 
-from cat_adapter.adapters import load_adapter
 from cat_adapter.config import build_config, load_config_file
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
 from cat_adapter.training.loop import train
-
-
-def unet_out(unet, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z, c = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
-    with torch.no_grad():
-        return unet(z, torch.tensor([10, 500]), c).sample
 
 
 def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_path):
