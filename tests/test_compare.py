@@ -71,6 +71,18 @@ def test_a_killed_plan_reruns_only_its_unfinished_jobs_and_reports_them_all(worl
     header = (out / "report" / "profile.csv").read_text().splitlines()[0].split(",")
     assert header[:7] == ["variant", "train_s", "step_s", "peak_mem_mb", "infer_s_per_image", "infer_peak_mem_mb",
                           "generation_s"]
+    # the jobs share DIR/cache: the concept's latents and prompts were encoded by the first job only
+    caches = [json.loads(f.read_text())["cache"] for f in sorted((out / "jobs").glob("*/train/done.json"))]
+    assert (out / "cache" / "latents").is_dir() and sum(c["hits"] for c in caches) > 0
+    assert sum(c["misses"] for c in caches) < sum(c["hits"] + c["misses"] for c in caches) / 2
+
+
+def test_a_plan_cache_dir_is_relative_to_the_plan(world, tmp_path):
+    from cat_adapter.compare.plan import load_plan
+
+    shared = {"model": str(world["model"]), "steps": 2, "resolution": 16, "cache_dir": "shared-cache"}
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", world, shared=shared))
+    assert plan.shared["cache_dir"] == str(tmp_path.resolve() / "shared-cache")
 
 
 def test_an_alpha_list_expands_into_variants_with_the_sweep_plots(world, tmp_path):

@@ -117,6 +117,8 @@ def _path(root: Path, value: Any, source: str, key: str) -> Path:
 
 def _resolve_option_path(root: Path, key: str, value: Any) -> Any:
     """Relative paths of path options are relative to the plan file (aliases such as 'toy' and hub ids stay)."""
+    if key == "cache_dir" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+        return str(root / value)  # a folder the jobs create: relative to the plan even before it exists
     if key not in PATH_OPTIONS or not isinstance(value, str) or value == "concept":
         return value
     candidate = root / value
