@@ -7,7 +7,6 @@ train, which loss terms run and what is exported all come from the method the re
 from __future__ import annotations
 
 import copy
-
 import json
 import logging
 import math
