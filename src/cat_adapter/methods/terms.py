@@ -11,6 +11,7 @@ plain LoRA's. Both give the same gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,6 +28,8 @@ class Rows:
     cond: Cond
     target: torch.Tensor | None
     weights: torch.Tensor | None = None      # per-row loss weights (--snr-gamma); None: plain mean
+    frozen_cond: Callable[[], Cond] | None = None   # the frozen pass's conditioning when it is not ``cond``
+                                                    # (text-encoder LoRA: y through the frozen encoder)
 
     def __len__(self) -> int:
         return self.z_t.shape[0]
@@ -51,6 +54,12 @@ class StepInputs:
                 self._encoded[name] = self.model.text.encode_ids(p.ids, self.method.wrapped.get("text_encoder"))
             return self._encoded[name]
         return p
+
+    def frozen_prompts(self, name: str) -> Cond:
+        """The prompts as the frozen model encodes them: call within ``method.frozen()``, where a text-encoder
+        LoRA is off. Cached embeddings are already the frozen encoder's."""
+        p = self.batch.prompts[name]
+        return self.model.text.encode_ids(p.ids) if isinstance(p, TokenIds) else p
 
 
 class Term:
@@ -127,7 +136,7 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
     def frozen_targets() -> None:
         for _, r in held:
             with method.frozen():
-                r.target = model.predict(r.z_t, r.t, r.cond)
+                r.target = model.predict(r.z_t, r.t, r.frozen_cond() if r.frozen_cond is not None else r.cond)
 
     if method.cat_mode == "fast" or not held:
         frozen_targets()

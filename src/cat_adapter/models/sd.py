@@ -133,6 +133,7 @@ class SDText:
         self.pipe = pipe
         self.token_map: dict[str, str] = {}        # trigger -> the token that stands for it (TI)
         self.trainable_ids: set[int] = set()
+        self.encoder_trained = False   # text-encoder LoRA: no prompt's embedding is fixed
         self._original_tokenizer = None
 
     @property
@@ -185,6 +186,8 @@ class SDText:
 
     def cacheable(self, prompt: str) -> bool:
         """A prompt without a trainable token: its embedding is fixed, so it is encoded once."""
+        if self.encoder_trained:
+            return False
         if not self.trainable_ids:
             return True
         return not (set(self.tokenize([prompt])[0].tolist()) & self.trainable_ids)
@@ -364,7 +367,9 @@ class SDModel:
             raise CatAdapterError(f"--target-modules: no U-Net module named {', '.join(missing)} "
                                   "(names end a module path, e.g. to_q, to_out.0, proj_in, conv1)")
 
-    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> Path:
+    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict,
+                  text_encoder_state: dict[str, torch.Tensor] | None = None, text_encoder_metadata: dict | None = None
+                  ) -> Path:
         """``out_dir/pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(out_dir)`` loads.
 
         Keys stay in peft's naming (``unet.<module>.lora_A.weight``), which diffusers loads as is. Not
@@ -380,7 +385,9 @@ class SDModel:
         target = Path(out_dir) / LORA_WEIGHT_NAME
         with atomic_path(target) as tmp:
             StableDiffusionPipeline.save_lora_weights(tmp.parent, unet_lora_layers=state_dict, weight_name=tmp.name,
-                                                      unet_lora_adapter_metadata=metadata, safe_serialization=True)
+                                                      unet_lora_adapter_metadata=metadata, safe_serialization=True,
+                                                      text_encoder_lora_layers=text_encoder_state,
+                                                      text_encoder_lora_adapter_metadata=text_encoder_metadata)
         return target
 
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:

@@ -61,8 +61,13 @@ class PreservationTerm(Term):
         from cat_adapter.methods.terms import Rows
 
         b = s.batch
-        z, t, cond = plain_inputs(s.z_t, b.instance.timesteps, s.prompts("plain"),
-                                  s.prompts("pool") if "pool" in b.prompts else None)
-        return Rows(z, t, cond, None)
+        pool = "pool" in b.prompts
+        z, t, cond = plain_inputs(s.z_t, b.instance.timesteps, s.prompts("plain"), s.prompts("pool") if pool else None)
+        frozen = None
+        if getattr(s.model.text, "encoder_trained", False):  # y through the frozen text encoder (frozen pass)
+            def frozen() -> Cond:
+                return plain_inputs(s.z_t, b.instance.timesteps, s.frozen_prompts("plain"),
+                                    s.frozen_prompts("pool") if pool else None)[2]
+        return Rows(z, t, cond, None, frozen_cond=frozen)
 
     loss = staticmethod(preservation_loss)

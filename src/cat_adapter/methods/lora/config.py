@@ -14,6 +14,12 @@ class LoraOptions:
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
                                     "Denoiser modules that get LoRA (comma-separated names).")
+    train_text_encoder: bool = opt(False, "Also train LoRA on the text encoder (--text-encoder-target-modules). "
+                                   "Under CAT the adapted pass encodes y_T and y with the adapted text encoder, the "
+                                   "frozen pass encodes y with the frozen one. lora and cat only.")
+    text_encoder_lr: float | None = opt(None, "Learning rate of the text-encoder LoRA; none means --lr.")
+    text_encoder_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "out_proj"],
+                                                 "Text-encoder modules that get LoRA with --train-text-encoder.")
     use_dora: bool = opt(False, "DoRA (Liu et al. 2024, peft's use_dora): a trained magnitude per output channel on "
                          "top of LoRA's direction update. Loads with diffusers' load_lora_weights; not with "
                          "--export-format kohya.")
@@ -31,6 +37,12 @@ class LoraOptions:
         check(len(self.target_modules) > 0, "--target-modules", "must name at least one module")
         check(self.init_lora_weights != "orthogonal" or self.rank % 2 == 0, "--init-lora-weights",
               f"orthogonal needs an even --rank (got {self.rank})")
+        if self.train_text_encoder:
+            check(cfg.method.method in ("lora", "cat"), "--train-text-encoder",
+                  f"is for --method lora or cat (got {cfg.method.method})")
+            check(cfg.run.export_format != "kohya", "--train-text-encoder",
+                  "cannot be exported with --export-format kohya yet; use the diffusers format")
+            check(self.text_encoder_lr is None or self.text_encoder_lr > 0, "--text-encoder-lr", "must be > 0")
         check(not (self.use_dora and cfg.run.export_format == "kohya"), "--use-dora",
               "cannot be exported with --export-format kohya: diffusers' kohya conversion does not map DoRA's "
               "magnitude vectors (lora_magnitude_vector -> dora_scale); use the diffusers format")

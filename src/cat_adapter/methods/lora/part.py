@@ -13,6 +13,7 @@ from cat_adapter.methods.base import Exported, check_state_keys
 
 ADAPTER_NAME = "default"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
+TE_PREFIX = "text_encoder."   # the text encoder's LoRA keys in the method's state (checkpoints)
 
 
 def tuner_layers(module) -> list:
@@ -63,17 +64,49 @@ class LoraPart:
         for p in self.params:
             p.requires_grad_(True)
             p.data = p.data.float()  # LoRA weights train in float32 whatever the frozen model's dtype
-        self.layers = tuner_layers(denoiser)
+        self.te_params: list[torch.nn.Parameter] = []
+        self.te_config = None
+        if o.train_text_encoder:
+            self._add_text_encoder_lora(o)
+        self.layers = tuner_layers(denoiser) + (tuner_layers(model.text.encoder) if self.te_config else [])
         if not all(hasattr(m, "_disable_adapters") for m in self.layers):
             raise CatAdapterError("this peft version has no per-layer adapter flag; install peft>=0.14")
 
+    def _add_text_encoder_lora(self, o) -> None:
+        """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
+        from peft import LoraConfig
+
+        encoder = self.model.text.encoder
+        self.te_config = LoraConfig(r=o.rank, lora_alpha=o.lora_alpha if o.lora_alpha is not None else o.rank,
+                                    lora_dropout=o.lora_dropout, target_modules=list(o.text_encoder_target_modules),
+                                    init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights),
+                                    use_dora=o.use_dora)
+        try:  # peft directly: transformers' add_adapter wants a newer peft than diffusers needs
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(self.te_config, encoder, adapter_name=ADAPTER_NAME)
+        except ValueError as exc:
+            raise CatAdapterError(f"--text-encoder-target-modules {','.join(o.text_encoder_target_modules)}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        self.te_params = [p for n, p in encoder.named_parameters() if "lora_" in n]
+        for p in self.te_params:
+            p.requires_grad_(True)
+            p.data = p.data.float()
+        self.te_lr = o.text_encoder_lr
+        self.model.text.encoder_trained = True
+
     def parameters(self) -> list[torch.nn.Parameter]:
-        return self.params
+        return self.params + self.te_params
 
     def param_groups(self, optim) -> list[dict]:
-        return [{"params": self.params}]
+        groups = [{"params": self.params}]
+        if self.te_params:
+            groups.append({"params": self.te_params, **({"lr": self.te_lr} if self.te_lr else {})})
+        return groups
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        if self.te_params:
+            return {"denoiser": self.model.denoiser, "text_encoder": self.model.text.encoder}
         return {"denoiser": self.model.denoiser}
 
     @contextmanager
@@ -82,18 +115,28 @@ class LoraPart:
             yield
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The U-Net's LoRA in peft's key names, and the text encoder's under ``text_encoder.``."""
         from peft.utils import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.model.denoiser, adapter_name=ADAPTER_NAME)
+        sd = get_peft_model_state_dict(self.model.denoiser, adapter_name=ADAPTER_NAME)
+        if self.te_config is not None:
+            te = get_peft_model_state_dict(self.model.text.encoder, adapter_name=ADAPTER_NAME)
+            sd.update({TE_PREFIX + k: v for k, v in te.items()})
+        return sd
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft.utils import set_peft_model_state_dict
 
         check_state_keys(set(self.state_dict()), set(state), "LoRA")
-        result = set_peft_model_state_dict(self.model.denoiser, state, adapter_name=ADAPTER_NAME)
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise CatAdapterError(f"checkpoint LoRA state does not match this run (unexpected {unexpected[:3]})")
+        parts = [(self.model.denoiser, {k: v for k, v in state.items() if not k.startswith(TE_PREFIX)})]
+        if self.te_config is not None:
+            parts.append((self.model.text.encoder, {k[len(TE_PREFIX):]: v for k, v in state.items()
+                                                    if k.startswith(TE_PREFIX)}))
+        for module, sd in parts:
+            result = set_peft_model_state_dict(module, sd, adapter_name=ADAPTER_NAME)
+            unexpected = getattr(result, "unexpected_keys", None) or []
+            if unexpected:
+                raise CatAdapterError(f"checkpoint LoRA state does not match this run (unexpected {unexpected[:3]})")
 
     def after_step(self) -> None:
         pass
@@ -102,12 +145,16 @@ class LoraPart:
         return self.model.denoiser.peft_config[ADAPTER_NAME].to_dict()
 
     def export(self, out_dir: Path, *, dtype: torch.dtype, export_format: str) -> Exported:
-        sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        files = {"lora": self.model.save_lora(out_dir, sd, self.metadata()).name}
+        full = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        sd = {k: v for k, v in full.items() if not k.startswith(TE_PREFIX)}
+        te = {k[len(TE_PREFIX):]: v for k, v in full.items() if k.startswith(TE_PREFIX)} or None
+        te_meta = self.model.text.encoder.peft_config[ADAPTER_NAME].to_dict() if te else None
+        files = {"lora": self.model.save_lora(out_dir, sd, self.metadata(), te, te_meta).name}
         if export_format == "kohya":
             path = self.model.save_lora_kohya(out_dir / KOHYA_WEIGHT_NAME, sd, alpha=float(self.config.lora_alpha),
                                               rank=int(self.config.r))
             files["lora_kohya"] = path.name
         return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": float(self.config.lora_alpha),
                                         "target_modules": sorted(self.config.target_modules),
-                                        "use_dora": bool(self.config.use_dora)})
+                                        "use_dora": bool(self.config.use_dora),
+                                        "text_encoder": bool(te)})
