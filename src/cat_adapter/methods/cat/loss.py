@@ -63,11 +63,11 @@ class PreservationTerm(Term):
         b = s.batch
         pool = "pool" in b.prompts
         z, t, cond = plain_inputs(s.z_t, b.instance.timesteps, s.prompts("plain"), s.prompts("pool") if pool else None)
-        frozen = None
-        if getattr(s.model.text, "encoder_trained", False):  # y through the frozen text encoder (frozen pass)
-            def frozen() -> Cond:
-                return plain_inputs(s.z_t, b.instance.timesteps, s.frozen_prompts("plain"),
-                                    s.frozen_prompts("pool") if pool else None)[2]
-        return Rows(z, t, cond, None, frozen_cond=frozen)
+        def frozen() -> Cond:  # y through the frozen text encoder, when a text-encoder LoRA trains
+            return plain_inputs(s.z_t, b.instance.timesteps, s.frozen_prompts("plain"),
+                                s.frozen_prompts("pool") if pool else None)[2]
+
+        trained_encoder = getattr(s.model.text, "encoder_trained", False)
+        return Rows(z, t, cond, None, frozen_cond=frozen if trained_encoder else None)
 
     loss = staticmethod(preservation_loss)
