@@ -59,6 +59,43 @@ def test_every_offered_init_starts_at_the_base_model(tiny_model, init):
 
 @pytest.mark.parametrize("extra, needle", [(["--use-dora", "--export-format", "kohya"], "--use-dora"),
                                            (["--init-lora-weights", "pissa"], "--init-lora-weights"),
-                                           (["--init-lora-weights", "orthogonal", "--rank", "3"], "even")])
+                                           (["--init-lora-weights", "orthogonal", "--rank", "3"], "even"),
+                                           (["--lora-type", "lokr", "--use-dora"], "--lora-type lokr"),
+                                           (["--lora-type", "lokr", "--train-text-encoder"], "--lora-type lokr")])
 def test_bad_lora_variants(tiny_model, concept_dir, tmp_path, capsys, extra, needle):
     assert needle in train_cli_error(capsys, tiny_model, concept_dir, tmp_path / "out", *extra)
+
+
+def test_lokr_starts_at_the_base_and_loads_in_plain_diffusers(tiny_model, tmp_path):
+    model = load_model(ModelSpec(str(tiny_model)))
+    freeze(*model.frozen_components())
+    before = unet_out(model.denoiser)
+    cfg = build_config(overrides=dict(model=str(tiny_model), data="-", output="-", class_noun="circle",
+                                      lora_type="lokr", rank=4, lora_alpha=8.0))
+    m = build_method(cfg, model)
+    assert torch.equal(unet_out(model.denoiser), before)                  # one factor starts at 0
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.denoiser.named_parameters():
+        if "lokr_" in name:
+            p.data = 0.1 * torch.randn(p.shape, generator=g)
+    trained = unet_out(model.denoiser)
+    m.export(tmp_path / "lokr")
+    pipe = load_pipeline(str(tiny_model))
+    pipe.unet.load_lora_adapter(str(tmp_path / "lokr"), weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+    got = unet_out(pipe.unet)
+    assert not torch.allclose(got, before, atol=1e-5)
+    torch.testing.assert_close(got, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_lokr_trains_with_cat_and_our_loader_reads_it(tiny_model, concept_dir, tmp_path):
+    from cat_adapter.adapters import load_adapter
+
+    out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "lokr", steps=3,
+                                                       lora_type="lokr", method="cat", cpu=True)), progress=False)
+    model = load_model(ModelSpec(str(tiny_model)))
+    base = unet_out(model.denoiser)
+    load_adapter(out).apply(model)
+    pipe = load_pipeline(str(tiny_model))
+    pipe.unet.load_lora_adapter(str(out), weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+    assert not torch.allclose(unet_out(model.denoiser), base, atol=1e-6)
+    torch.testing.assert_close(unet_out(model.denoiser), unet_out(pipe.unet), rtol=1e-5, atol=1e-6)

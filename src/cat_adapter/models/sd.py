@@ -97,6 +97,17 @@ def freeze(*modules: torch.nn.Module) -> None:
         m.eval()
 
 
+
+def is_lokr_file(file: Path) -> bool:
+    """A safetensors LoRA file holding LyCORIS LoKr factors (``*.lokr_w1``) rather than LoRA matrices."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return any(".lokr_" in k for k in f.keys())
+    except Exception:
+        return False
+
 class ExtendedEmbedding(torch.nn.Module):
     """A token embedding with ``n`` new rows after the frozen ones; only the new rows are a Parameter.
 
@@ -410,6 +421,10 @@ class SDModel:
 
     def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None:
         try:
+            if is_lokr_file(file):  # diffusers' load_lora_weights takes LoRA keys only; the U-Net's loader takes LoKr
+                self.pipe.unet.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="unet",
+                                                 adapter_name=adapter_name)  # folder + name: metadata (alpha) is read
+                return
             self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
         except Exception as exc:  # diffusers raises ValueError/KeyError/RuntimeError for incompatible files
             raise CatAdapterError(f"{option} {file}: cannot load LoRA into this model ({first_line(exc)})") from None

@@ -14,6 +14,10 @@ class LoraOptions:
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
                                     "Denoiser modules that get LoRA (comma-separated names).")
+    lora_type: str = opt("lora", "lora, or lokr (LyCORIS LoKr through peft: Kronecker-product factors, --rank and "
+                         "--lora-alpha as peft's r and alpha). A LoKr file loads in plain diffusers with "
+                         "pipe.unet.load_lora_adapter(OUT, weight_name=..., prefix='unet'), not load_lora_weights.",
+                         choices=("lora", "lokr"))
     train_text_encoder: bool = opt(False, "Also train LoRA on the text encoder (--text-encoder-target-modules). "
                                    "Under CAT the adapted pass encodes y_T and y with the adapted text encoder, the "
                                    "frozen pass encodes y with the frozen one. lora and cat only.")
@@ -37,6 +41,12 @@ class LoraOptions:
         check(len(self.target_modules) > 0, "--target-modules", "must name at least one module")
         check(self.init_lora_weights != "orthogonal" or self.rank % 2 == 0, "--init-lora-weights",
               f"orthogonal needs an even --rank (got {self.rank})")
+        if self.lora_type == "lokr":
+            for bad, name in ((self.use_dora, "--use-dora"), (self.train_text_encoder, "--train-text-encoder"),
+                              (self.lora_dropout > 0, "--lora-dropout"),
+                              (self.init_lora_weights != "gaussian", "--init-lora-weights"),
+                              (cfg.run.export_format == "kohya", "--export-format kohya")):
+                check(not bad, "--lora-type lokr", f"cannot be combined with {name} (LoRA only)")
         if self.train_text_encoder:
             check(cfg.method.method in ("lora", "cat"), "--train-text-encoder",
                   f"is for --method lora or cat (got {cfg.method.method})")

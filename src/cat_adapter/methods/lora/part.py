@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +14,7 @@ from cat_adapter.methods.base import Exported, check_state_keys
 
 ADAPTER_NAME = "default"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
+ADAPTER_PARAM = re.compile(r"\.(lora_|lokr_)")   # the trained tensors' names (LoRA, DoRA, LoKr)
 TE_PREFIX = "text_encoder."   # the text encoder's LoRA keys in the method's state (checkpoints)
 
 
@@ -52,15 +54,20 @@ class LoraPart:
         self.model = model
         denoiser = model.denoiser
         model.check_lora_targets(o.target_modules)
-        self.config = LoraConfig(r=o.rank, lora_alpha=o.lora_alpha if o.lora_alpha is not None else o.rank,
-                                 lora_dropout=o.lora_dropout, target_modules=list(o.target_modules),
-                                 init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights),
-                                 use_dora=o.use_dora)
+        alpha = o.lora_alpha if o.lora_alpha is not None else o.rank
+        if o.lora_type == "lokr":  # peft's LoKr starts with one factor at 0: training starts at the base model
+            from peft import LoKrConfig
+
+            self.config = LoKrConfig(r=o.rank, alpha=alpha, target_modules=list(o.target_modules))
+        else:
+            self.config = LoraConfig(r=o.rank, lora_alpha=alpha, lora_dropout=o.lora_dropout,
+                                     target_modules=list(o.target_modules), use_dora=o.use_dora,
+                                     init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights))
         try:
             denoiser.add_adapter(self.config, adapter_name=ADAPTER_NAME)
         except ValueError as exc:
             raise CatAdapterError(f"--target-modules {','.join(o.target_modules)}: {str(exc).splitlines()[0]}") from None
-        self.params = [p for n, p in denoiser.named_parameters() if "lora_" in n]
+        self.params = [p for n, p in denoiser.named_parameters() if ADAPTER_PARAM.search(n)]
         for p in self.params:
             p.requires_grad_(True)
             p.data = p.data.float()  # LoRA weights train in float32 whatever the frozen model's dtype
@@ -94,6 +101,14 @@ class LoraPart:
             p.data = p.data.float()
         self.te_lr = o.text_encoder_lr
         self.model.text.encoder_trained = True
+
+    @property
+    def _alpha_key(self) -> str:
+        return "alpha" if hasattr(self.config, "alpha") and not hasattr(self.config, "lora_alpha") else "lora_alpha"
+
+    @property
+    def _alpha(self) -> float:
+        return float(getattr(self.config, self._alpha_key))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params + self.te_params
@@ -151,10 +166,11 @@ class LoraPart:
         te_meta = self.model.text.encoder.peft_config[ADAPTER_NAME].to_dict() if te else None
         files = {"lora": self.model.save_lora(out_dir, sd, self.metadata(), te, te_meta).name}
         if export_format == "kohya":
-            path = self.model.save_lora_kohya(out_dir / KOHYA_WEIGHT_NAME, sd, alpha=float(self.config.lora_alpha),
+            path = self.model.save_lora_kohya(out_dir / KOHYA_WEIGHT_NAME, sd, alpha=float(self._alpha),
                                               rank=int(self.config.r))
             files["lora_kohya"] = path.name
-        return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": float(self.config.lora_alpha),
+        return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": float(self._alpha),
                                         "target_modules": sorted(self.config.target_modules),
-                                        "use_dora": bool(self.config.use_dora),
+                                        "use_dora": bool(getattr(self.config, "use_dora", False)),
+                                        "lora_type": "lokr" if self._alpha_key == "alpha" else "lora",
                                         "text_encoder": bool(te)})
