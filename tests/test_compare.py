@@ -141,9 +141,10 @@ def test_two_shards_side_by_side_cover_every_job_exactly_once(world, tmp_path):
     from cat_adapter.compare.plan import jobs, load_plan
 
     every = [j.id for j in jobs(load_plan(plan))]
-    assert sorted(ran) == sorted(every) and len(ran) == len(set(ran))
-    assert set(done_files(out)) == set(every)
-    assert not list((out / "locks").glob("*.lock"))
+    why = [text[-1500:] for log in logs for text in log]   # both shards' stdout and stderr, for a failure
+    assert sorted(ran) == sorted(every) and len(ran) == len(set(ran)), why
+    assert set(done_files(out)) == set(every), why
+    assert not list((out / "locks").glob("*.lock")), why
 
 
 def test_a_lock_of_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path):

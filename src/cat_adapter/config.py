@@ -82,7 +82,7 @@ class OptimConfig:
     optimizer: str = opt("adamw", "Optimizer: adamw (torch); adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt; "
                          "--lr defaults to 1.0 with it) and adafactor (transformers, at the given lr: "
                          "relative_step off) are optional extras: pip install 'cat-adapter[bitsandbytes]' / '[prodigy]'.",
-                         choices=("adamw", "adamw8bit", "prodigy", "adafactor"))
+                         choices=optimizers.CHOICES)
     lr: float = opt(1e-4, "Learning rate (for prodigy a multiplier of its estimated step size, default 1.0).")
     batch_size: int = opt(1, "Images per micro-batch.")
     gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")

@@ -24,3 +24,14 @@ def check(ok: bool, option: str, message: str) -> None:
         from cat_adapter.errors import CatAdapterError
 
         raise CatAdapterError(f"{option} {message}")
+
+
+def require_package(package: str, extra: str, option: str) -> None:
+    """A feature's optional extra: a one-line error naming the pip extra when ``package`` is not installed."""
+    import importlib.util
+
+    from cat_adapter.errors import CatAdapterError
+
+    if importlib.util.find_spec(package) is None:
+        raise CatAdapterError(f"{option} needs the {package} package, which is not installed: "
+                              f"pip install 'cat-adapter[{extra}]'")

@@ -32,7 +32,10 @@ def file_sha256(path: Path) -> str:
 class DiskCache:
     def __init__(self, root: str | Path, model_identity: dict):
         self.root = Path(root).expanduser()
-        self.model = {k: v for k, v in sorted(model_identity.items()) if k != "model" or "fingerprint" not in model_identity}
+        # a local folder is named by its content fingerprint, not its path: a copy elsewhere shares the entries
+        self.model = dict(model_identity)
+        if "fingerprint" in self.model:
+            self.model.pop("model", None)
         self.hits = self.misses = 0
 
     def key(self, kind: str, **fields) -> str:

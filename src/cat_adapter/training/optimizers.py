@@ -6,11 +6,10 @@ plain tensors plus JSON-able numbers, so checkpoints hold it without pickle and 
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from cat_adapter.errors import CatAdapterError
+from cat_adapter.options import require_package
 
 CHOICES = ("adamw", "adamw8bit", "prodigy", "adafactor")
 EXTRAS = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigy")}  # -> (import, extra)
@@ -19,10 +18,7 @@ DEFAULT_LR = {"prodigy": 1.0}   # Prodigy estimates the step size; lr multiplies
 
 def check(name: str) -> None:
     if name in EXTRAS:
-        package, extra = EXTRAS[name]
-        if importlib.util.find_spec(package) is None:
-            raise CatAdapterError(f"--optimizer {name} needs the {package} package, which is not installed: "
-                                  f"pip install 'cat-adapter[{extra}]'")
+        require_package(*EXTRAS[name], f"--optimizer {name}")
 
 
 def build(o, groups: list[dict]) -> torch.optim.Optimizer:

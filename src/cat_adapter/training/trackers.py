@@ -7,22 +7,20 @@ a missing package is a one-line error naming the pip extra, before any model loa
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from cat_adapter.errors import CatAdapterError
+from cat_adapter.options import require_package
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}   # --report-to value -> import name (= pip extra)
 PROJECT = "cat-adapter"
 
 
 def check(report_to: str) -> None:
-    package = PACKAGES.get(report_to)
-    if package and importlib.util.find_spec(package) is None:
-        raise CatAdapterError(f"--report-to {report_to} needs the {package} package, which is not installed: "
-                              f"pip install 'cat-adapter[{package}]' (or --report-to none)")
+    if report_to in PACKAGES:
+        require_package(PACKAGES[report_to], PACKAGES[report_to], f"--report-to {report_to}")
 
 
 def accelerator_kwargs(report_to: str, out: Path) -> dict:

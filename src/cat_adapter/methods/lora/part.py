@@ -42,35 +42,33 @@ def layers_disabled(layers: list) -> Iterator[None]:
             m._disable_adapters = p
 
 
+def _trainable(module) -> list[torch.nn.Parameter]:
+    """The adapter tensors peft added to ``module``, made trainable and float32 whatever the frozen model's dtype."""
+    params = [p for n, p in module.named_parameters() if ADAPTER_PARAM.search(n)]
+    for p in params:
+        p.requires_grad_(True)
+        p.data = p.data.float()
+    return params
+
+
 class LoraPart:
     """LoRA (B = 0 at the start, so the output starts exactly at the base's), trained in float32."""
 
     kind = "lora"
 
     def __init__(self, model, cfg, **_):
-        from peft import LoraConfig
-
         o = cfg.lora
         self.model = model
         denoiser = model.denoiser
         model.check_lora_targets(o.target_modules)
-        alpha = o.lora_alpha if o.lora_alpha is not None else o.rank
-        if o.lora_type == "lokr":  # peft's LoKr starts with one factor at 0: training starts at the base model
-            from peft import LoKrConfig
-
-            self.config = LoKrConfig(r=o.rank, alpha=alpha, target_modules=list(o.target_modules))
-        else:
-            self.config = LoraConfig(r=o.rank, lora_alpha=alpha, lora_dropout=o.lora_dropout,
-                                     target_modules=list(o.target_modules), use_dora=o.use_dora,
-                                     init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights))
+        self.lora_type = o.lora_type
+        self.alpha = float(o.lora_alpha if o.lora_alpha is not None else o.rank)
+        self.config = self._peft_config(o, o.target_modules)
         try:
             denoiser.add_adapter(self.config, adapter_name=ADAPTER_NAME)
         except ValueError as exc:
             raise CatAdapterError(f"--target-modules {','.join(o.target_modules)}: {str(exc).splitlines()[0]}") from None
-        self.params = [p for n, p in denoiser.named_parameters() if ADAPTER_PARAM.search(n)]
-        for p in self.params:
-            p.requires_grad_(True)
-            p.data = p.data.float()  # LoRA weights train in float32 whatever the frozen model's dtype
+        self.params = _trainable(denoiser)
         self.te_params: list[torch.nn.Parameter] = []
         self.te_config = None
         if o.train_text_encoder:
@@ -79,15 +77,22 @@ class LoraPart:
         if not all(hasattr(m, "_disable_adapters") for m in self.layers):
             raise CatAdapterError("this peft version has no per-layer adapter flag; install peft>=0.14")
 
-    def _add_text_encoder_lora(self, o) -> None:
-        """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
+    def _peft_config(self, o, targets: list[str]):
+        """peft's config for ``targets``: LoKr (one factor starts at 0) or LoRA (B A starts at 0)."""
+        if self.lora_type == "lokr":
+            from peft import LoKrConfig
+
+            return LoKrConfig(r=o.rank, alpha=self.alpha, target_modules=list(targets))
         from peft import LoraConfig
 
+        return LoraConfig(r=o.rank, lora_alpha=self.alpha, lora_dropout=o.lora_dropout, target_modules=list(targets),
+                          use_dora=o.use_dora,
+                          init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights))
+
+    def _add_text_encoder_lora(self, o) -> None:
+        """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
         encoder = self.model.text.encoder
-        self.te_config = LoraConfig(r=o.rank, lora_alpha=o.lora_alpha if o.lora_alpha is not None else o.rank,
-                                    lora_dropout=o.lora_dropout, target_modules=list(o.text_encoder_target_modules),
-                                    init_lora_weights={"true": True}.get(o.init_lora_weights, o.init_lora_weights),
-                                    use_dora=o.use_dora)
+        self.te_config = self._peft_config(o, o.text_encoder_target_modules)
         try:  # peft directly: transformers' add_adapter wants a newer peft than diffusers needs
             from peft import inject_adapter_in_model
 
@@ -95,20 +100,9 @@ class LoraPart:
         except ValueError as exc:
             raise CatAdapterError(f"--text-encoder-target-modules {','.join(o.text_encoder_target_modules)}: "
                                   f"{str(exc).splitlines()[0]}") from None
-        self.te_params = [p for n, p in encoder.named_parameters() if "lora_" in n]
-        for p in self.te_params:
-            p.requires_grad_(True)
-            p.data = p.data.float()
+        self.te_params = _trainable(encoder)
         self.te_lr = o.text_encoder_lr
         self.model.text.encoder_trained = True
-
-    @property
-    def _alpha_key(self) -> str:
-        return "alpha" if hasattr(self.config, "alpha") and not hasattr(self.config, "lora_alpha") else "lora_alpha"
-
-    @property
-    def _alpha(self) -> float:
-        return float(getattr(self.config, self._alpha_key))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.params + self.te_params
@@ -166,11 +160,11 @@ class LoraPart:
         te_meta = self.model.text.encoder.peft_config[ADAPTER_NAME].to_dict() if te else None
         files = {"lora": self.model.save_lora(out_dir, sd, self.metadata(), te, te_meta).name}
         if export_format == "kohya":
-            path = self.model.save_lora_kohya(out_dir / KOHYA_WEIGHT_NAME, sd, alpha=float(self._alpha),
+            path = self.model.save_lora_kohya(out_dir / KOHYA_WEIGHT_NAME, sd, alpha=self.alpha,
                                               rank=int(self.config.r))
             files["lora_kohya"] = path.name
-        return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": float(self._alpha),
+        return Exported("lora", files, {"rank": int(self.config.r), "lora_alpha": self.alpha,
                                         "target_modules": sorted(self.config.target_modules),
                                         "use_dora": bool(getattr(self.config, "use_dora", False)),
-                                        "lora_type": "lokr" if self._alpha_key == "alpha" else "lora",
+                                        "lora_type": self.lora_type,
                                         "text_encoder": bool(te)})
