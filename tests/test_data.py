@@ -64,9 +64,10 @@ def test_cache_holds_both_flips_and_sampler_is_seeded(tiny_model, concept_dir):
     cache = build_cache(model, items, resolution=16, random_flip=True, device="cpu", pool_prompts=["a square", "a star"])
     n = len(items)
     inst = cache.instance
-    assert inst.latent_mean.shape == (2, n, 4, 8, 8)
+    assert list(inst.latent_mean) == [(16, 16)] and inst.members[(16, 16)] == list(range(n))  # one bucket, in order
+    assert inst.latent_mean[(16, 16)].shape == (2, n, 4, 8, 8)
     # The flipped copy is the encoding of the flipped image, not a flip of the latent.
-    assert not torch.allclose(inst.latent_mean[0], inst.latent_mean[1])
+    assert not torch.allclose(inst.latent_mean[(16, 16)][0], inst.latent_mean[(16, 16)][1])
     assert len(inst.prompts) == n and len(cache.pool) == 2
     assert not torch.equal(inst.prompts.hidden, inst.plain.hidden)
     objective = DDPMObjective(model.pipe.scheduler.config)

@@ -48,8 +48,8 @@ def test_a_rewritten_image_with_the_same_size_and_mtime_is_not_stale(tiny_model,
     disk2 = DiskCache(tmp_path / "cache", model.identity)
     after = build_cache(model, items, resolution=16, random_flip=True, device=cpu, disk=disk2)
     assert disk2.misses == 1 and disk2.hits == len(items) - 1 + (2 * len(items))   # one image re-encoded; prompts hit
-    assert not torch.equal(after.instance.latent_mean[:, 0], before.instance.latent_mean[:, 0])
-    assert torch.equal(after.instance.latent_mean[:, 1:], before.instance.latent_mean[:, 1:])
+    assert not torch.equal(after.instance.latent_mean[(16, 16)][:, 0], before.instance.latent_mean[(16, 16)][:, 0])
+    assert torch.equal(after.instance.latent_mean[(16, 16)][:, 1:], before.instance.latent_mean[(16, 16)][:, 1:])
     # another resolution, flip setting or model is another entry, never a hit
     disk3 = DiskCache(tmp_path / "cache", {**model.identity, "fingerprint": "another-model"})
     build_cache(model, items, resolution=16, random_flip=True, device=cpu, disk=disk3)

@@ -57,7 +57,15 @@ class DataConfig:
     caption_missing_trigger: str = opt("error", "What to do with a caption that lacks the trigger: "
                                        "error, or prepend the trigger.", choices=("error", "prepend"))
     resolution: int = opt(512, "Training resolution: images are resized (shorter side) and centre-cropped "
-                          "to a square of this size. Must be a multiple of 8.")
+                          "to a square of this size. Must be a multiple of 8. With --buckets, the bucket area is at "
+                          "most this squared.")
+    buckets: bool = opt(False, "Aspect-ratio buckets: each image is scaled to cover the bucket (area <= "
+                        "--resolution squared, sides multiples of --bucket-step) nearest its aspect ratio and "
+                        "centre-cropped; a batch holds one bucket. OUT/buckets.json records each image's bucket.")
+    bucket_step: int | None = opt(None, "With --buckets: bucket sides are multiples of this (default: the model's "
+                                  "size multiple, VAE factor x U-Net downsampling; 64 for Stable Diffusion).")
+    bucket_min_side: int | None = opt(None, "With --buckets: the shortest bucket side (default: half --resolution).")
+    bucket_max_side: int | None = opt(None, "With --buckets: the longest bucket side (default: twice --resolution).")
     caption_dropout: float = opt(0.0, "Replace an instance caption by the empty prompt with this probability "
                                  "(drawn from the seeded data stream), so the unconditional prediction also learns the "
                                  "concept. CAT's preservation term keeps that row's trigger-free prompt y. Not with "
@@ -185,6 +193,14 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
           "--preserve-prompt remove or class")
     check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
           f"must be a positive multiple of 8 (got {d.resolution})")
+    for name in ("bucket_step", "bucket_min_side", "bucket_max_side"):
+        value = getattr(d, name)
+        check(value is None or d.buckets, flag(name), "needs --buckets")
+        check(value is None or (value >= 8 and value % 8 == 0), flag(name),
+              f"must be a positive multiple of 8 (got {value})")
+    lo, hi = bucket_sides(d)
+    check(not d.buckets or lo <= d.resolution <= hi, "--bucket-min-side",
+          f"and --bucket-max-side must hold --resolution between them (got {lo}..{hi}, resolution {d.resolution})")
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
           f"must be one word without spaces (got {d.trigger!r})")
     # (a method that makes its own images writes its own captions: the template is not read)
@@ -230,6 +246,11 @@ TrainConfig = dataclasses.make_dataclass(
 
 def sections(cfg: Any) -> list[Any]:
     return [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+
+
+def bucket_sides(d: "DataConfig") -> tuple[int, int]:
+    """(shortest, longest) bucket side: --bucket-min-side/--bucket-max-side, by default half and twice --resolution."""
+    return (d.bucket_min_side or d.resolution // 2, d.bucket_max_side or 2 * d.resolution)
 
 
 def flag(name: str) -> str:

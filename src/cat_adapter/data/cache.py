@@ -13,6 +13,7 @@ the same stream state, and a checkpoint of that one state restores every rank's 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +21,38 @@ import torch
 from PIL import Image
 
 from cat_adapter.data.batch import Batch, Noised, Prompts
-from cat_adapter.data.concept import image_to_tensor, open_image, resize_center_crop
+from cat_adapter.data.buckets import Placement, Size, fit, nearest_bucket, place
+from cat_adapter.data.concept import image_to_tensor, open_image
 from cat_adapter.data.disk_cache import file_sha256
 from cat_adapter.models.base import Cond, TokenIds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImageSet:
-    latent_mean: torch.Tensor    # (F, N, C, h, w); F = 2 when flipped copies are cached
-    latent_std: torch.Tensor     # (F, N, C, h, w)
+    """Latent distributions of a set of images, grouped by bucket, and the prompt of each image.
+
+    Without ``--buckets`` there is one bucket (the ``resolution`` square) holding every image in order.
+    An image may sit in more than one bucket (class images cropped to an instance bucket no class image
+    falls in); ``members`` says which image each latent of a bucket is.
+    """
+
+    latent_mean: dict[Size, torch.Tensor]   # bucket -> (F, n_b, C, h, w); F = 2 when flipped copies are cached
+    latent_std: dict[Size, torch.Tensor]    # bucket -> (F, n_b, C, h, w)
+    members: dict[Size, list[int]]          # bucket -> the image (its prompt row) of each of its n_b latents
+    placements: dict[Size, list[Placement]]  # bucket -> each latent's original size and crop (SDXL's time ids)
+    num_images: int
     prompts: Prompts             # (N rows) the caption of each image; (N + 1) with --caption-dropout, the
                                  # last row being the empty prompt a dropped caption becomes
     plain: Prompts | None = None  # (N rows) its trigger-free prompt y (instance images)
 
     def __len__(self) -> int:
-        return self.latent_mean.shape[1]
+        return self.num_images
+
+    @property
+    def buckets(self) -> list[Size]:
+        return sorted(self.members, key=lambda b: (b[0] / b[1], b[0]))
 
 
 @dataclass
@@ -46,32 +64,79 @@ class TrainingCache:
     shift_factor: float
 
 
-def encode_latents(model, paths: list[Path], *, resolution: int, random_flip: bool, option: str, disk=None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of q(z|x), each (F, N, C, h, w); with ``disk`` (a DiskCache) entries are read or written per image."""
-    keys = [None] * len(paths)
+def image_sizes(paths: list[Path], option: str) -> list[Size]:
+    """Each image's (width, height) after EXIF orientation."""
+    return [open_image(p, option).size for p in paths]
+
+
+def encode_latents(model, paths: list[Path], placements: list[list[Placement]], *, random_flip: bool, option: str,
+                   disk=None) -> dict[Size, tuple[list[int], list[Placement], torch.Tensor, torch.Tensor]]:
+    """Encode each image at each of its placements: bucket -> (image indices, placements, mean, std), the
+    tensors (F, n_b, C, h, w). With ``disk`` (a DiskCache) entries are read or written per image and bucket."""
+    jobs = [(i, pl) for i, pls in enumerate(placements) for pl in pls]
     found: dict[int, dict[str, torch.Tensor]] = {}
+    keys: list[str | None] = [None] * len(jobs)
     if disk is not None:
         dtype = str(next(model.pipe.vae.parameters()).dtype)
-        for i, p in enumerate(paths):
-            keys[i] = disk.key("latents", image=file_sha256(p), resolution=resolution, flips=bool(random_flip),
+        hashes = {i: file_sha256(paths[i]) for i in {i for i, _ in jobs}}
+        for j, (i, pl) in enumerate(jobs):
+            keys[j] = disk.key("latents", image=hashes[i], bucket=list(pl.bucket), flips=bool(random_flip),
                                vae_dtype=dtype)
-            if (hit := disk.get("latents", keys[i])) is not None:
-                found[i] = hit
-    todo = [i for i in range(len(paths)) if i not in found]
-    if todo:
-        images = [resize_center_crop(open_image(paths[i], option), resolution) for i in todo]
+            if (hit := disk.get("latents", keys[j])) is not None:
+                found[j] = hit
+    todo = [j for j in range(len(jobs)) if j not in found]
+    opened: dict[int, Image.Image] = {}
+    for bucket in dict.fromkeys(jobs[j][1].bucket for j in todo):  # one VAE batch per bucket (one size)
+        group = [j for j in todo if jobs[j][1].bucket == bucket]
+        images = []
+        for j in group:
+            i, pl = jobs[j]
+            if i not in opened:
+                opened[i] = open_image(paths[i], option)
+            images.append(fit(opened[i], pl))
         variants = [images] + ([[im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in images]] if random_flip else [])
         encoded = [model.encode_images(torch.stack([image_to_tensor(im) for im in v])) for v in variants]
         mean, std = torch.stack([m for m, _ in encoded]), torch.stack([s for _, s in encoded])
-        for j, i in enumerate(todo):
-            found[i] = {"mean": mean[:, j], "std": std[:, j]}
+        for k, j in enumerate(group):
+            found[j] = {"mean": mean[:, k], "std": std[:, k]}
             if disk is not None:
-                disk.put("latents", keys[i], found[i])
-    # contiguous either way: the VAE's output layout (channels-last on the CPU) would otherwise follow the
-    # latents into the U-Net, and a read-back entry (contiguous) would then give other float rounding
-    return (torch.stack([found[i]["mean"] for i in range(len(paths))], dim=1).contiguous(),
-            torch.stack([found[i]["std"] for i in range(len(paths))], dim=1).contiguous())
+                disk.put("latents", keys[j], found[j])
+    out = {}
+    for bucket in dict.fromkeys(pl.bucket for _, pl in jobs):
+        group = [j for j in range(len(jobs)) if jobs[j][1].bucket == bucket]
+        # contiguous either way: the VAE's output layout (channels-last on the CPU) would otherwise follow the
+        # latents into the U-Net, and a read-back entry (contiguous) would then give other float rounding
+        out[bucket] = ([jobs[j][0] for j in group], [jobs[j][1] for j in group],
+                       torch.stack([found[j]["mean"] for j in group], dim=1).contiguous(),
+                       torch.stack([found[j]["std"] for j in group], dim=1).contiguous())
+    return out
+
+
+def image_set(encoded: dict, num_images: int, prompts: Prompts, plain: Prompts | None = None) -> ImageSet:
+    return ImageSet({b: e[2] for b, e in encoded.items()}, {b: e[3] for b, e in encoded.items()},
+                    {b: e[0] for b, e in encoded.items()}, {b: e[1] for b, e in encoded.items()},
+                    num_images, prompts, plain)
+
+
+def plan_placements(sizes: list[Size], buckets: list[Size]) -> list[list[Placement]]:
+    """One placement per image, in the bucket nearest its aspect ratio."""
+    return [[place(s, nearest_bucket(s, buckets))] for s in sizes]
+
+
+def plan_class_placements(sizes: list[Size], instance_buckets: list[Size]) -> list[list[Placement]]:
+    """Class images go to the instance bucket nearest their aspect ratio, so every batch can pair instance and
+    class images of one bucket. An instance bucket no class image falls in gets every class image, cropped to it
+    (logged): the prior term needs rows of that size too."""
+    out = plan_placements(sizes, instance_buckets)
+    taken = {pls[0].bucket for pls in out}
+    empty = [b for b in instance_buckets if b not in taken]
+    if empty:
+        log.warning("--buckets: no class image has the aspect ratio of instance bucket(s) %s; every class image is "
+                    "also cropped to %s. Add class images of those shapes to avoid the crops",
+                    ", ".join(f"{w}x{h}" for w, h in empty), "them" if len(empty) > 1 else "it")
+        for s, pls in zip(sizes, out):
+            pls.extend(place(s, b) for b in empty)
+    return out
 
 
 def _encode_cached(text, prompts: list[str], *, device, disk) -> Cond:
@@ -114,28 +179,42 @@ def encode_prompt_sets(text, sets: list[list[str]], *, device, disk=None) -> lis
     return out
 
 
-def build_cache(model, items: list, *, resolution: int, random_flip: bool, device, pool_prompts: list[str] | None = None,
-                class_images: list[tuple[Path, str]] | None = None, caption_dropout: bool = False,
-                disk=None) -> TrainingCache:
-    """``items``: the concept's ConceptItems; ``class_images``: (image, prompt) pairs of the prior term;
-    ``caption_dropout``: also encode the empty prompt, as the captions' last row; ``disk``: a DiskCache."""
-    mean, std = encode_latents(model, [it.image_path for it in items], resolution=resolution,
-                               random_flip=random_flip, option="--data", disk=disk)
+def build_cache(model, items: list, *, resolution: int, random_flip: bool, device, buckets: list[Size] | None = None,
+                pool_prompts: list[str] | None = None, class_images: list[tuple[Path, str]] | None = None,
+                caption_dropout: bool = False, disk=None) -> TrainingCache:
+    """``items``: the concept's ConceptItems; ``buckets``: the aspect-ratio buckets (``--buckets``), else the one
+    ``resolution`` square; ``class_images``: (image, prompt) pairs of the prior term; ``caption_dropout``: also
+    encode the empty prompt, as the captions' last row; ``disk``: a DiskCache."""
+    buckets = buckets or [(resolution, resolution)]
+    paths = [it.image_path for it in items]
+    placements = plan_placements(image_sizes(paths, "--data"), buckets)
+    encoded = encode_latents(model, paths, placements, random_flip=random_flip, option="--data", disk=disk)
     sets = [[it.caption for it in items] + ([""] if caption_dropout else []), [it.plain for it in items]]
     if pool_prompts:
         sets.append(list(pool_prompts))
     if class_images:
         sets.append([p for _, p in class_images])
-    encoded = encode_prompt_sets(model.text, sets, device=device, disk=disk)
-    instance = ImageSet(mean, std, encoded[0], encoded[1])
-    pool = encoded[2] if pool_prompts else None
+    prompts = encode_prompt_sets(model.text, sets, device=device, disk=disk)
+    instance = image_set(encoded, len(items), prompts[0], prompts[1])
+    pool = prompts[2] if pool_prompts else None
     prior = None
     if class_images:
-        c_mean, c_std = encode_latents(model, [p for p, _ in class_images], resolution=resolution,
-                                       random_flip=random_flip, option="--class-data", disk=disk)
-        prior = ImageSet(c_mean, c_std, encoded[-1])
+        class_paths = [p for p, _ in class_images]
+        class_pl = plan_class_placements(image_sizes(class_paths, "--class-data"), instance.buckets)
+        prior = image_set(encode_latents(model, class_paths, class_pl, random_flip=random_flip, option="--class-data",
+                                         disk=disk), len(class_images), prompts[-1])
     scale, shift = model.latent_scale
     return TrainingCache(instance, pool, prior, scale, shift)
+
+
+def bucket_record(images: ImageSet, paths: list[Path]) -> dict[str, list]:
+    """{image file name: [width, height]} of each image's bucket (``OUT/buckets.json``); an image in several
+    buckets (class images) gets a list of them."""
+    seen: dict[str, list] = {}
+    for b in images.buckets:
+        for i in images.members[b]:
+            seen.setdefault(paths[i].name, []).append([b[0], b[1]])
+    return {name: sizes[0] if len(sizes) == 1 else sizes for name, sizes in sorted(seen.items())}
 
 
 class _Order:
@@ -162,7 +241,14 @@ class _Order:
 
 
 class StreamSampler:
-    """Draws micro-batches: images, a flip, z_0 ~ q(z|x), eps, t, pool prompts, then the class images."""
+    """Draws micro-batches: a bucket, images, a flip, z_0 ~ q(z|x), eps, t, pool prompts, then the class images.
+
+    With several buckets each step first draws one, with probability proportional to the images it holds, and
+    the whole global batch comes from it (instance and class rows alike): every image is drawn equally often on
+    average. Within a bucket images are drawn without replacement, a new permutation whenever one is used up, so
+    a bucket holding fewer images than the batch fills it by repeating its own images (each row with its own
+    flip, latent sample, noise and timestep). With one bucket nothing is drawn for the bucket.
+    """
 
     def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
                  num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0):
@@ -175,27 +261,39 @@ class StreamSampler:
         self.objective = objective
         self.num_processes, self.process_index = num_processes, process_index
         self.generator = torch.Generator().manual_seed(seed)
-        self.orders = {"instance": _Order(len(cache.instance))}
-        if cache.prior is not None:
-            self.orders["prior"] = _Order(len(cache.prior))
+        self.buckets = cache.instance.buckets
+        if cache.prior is not None and set(cache.prior.buckets) != set(self.buckets):
+            raise ValueError("the class images must cover exactly the instance buckets")
+        self.orders = {self._key(name, b): _Order(len(images.members[b]))
+                       for name, images in (("instance", cache.instance), ("prior", cache.prior)) if images is not None
+                       for b in self.buckets}
 
-    def _draw(self, images: ImageSet, order: _Order, n: int) -> tuple[list[int], Noised]:
+    def _key(self, name: str, bucket: Size) -> str:
+        """A stream's name in checkpoints: 'instance' and 'prior' with one bucket (as before buckets existed)."""
+        return name if len(self.buckets) == 1 else f"{name} {bucket[0]}x{bucket[1]}"
+
+    def _draw(self, images: ImageSet, name: str, bucket: Size, n: int) -> tuple[torch.Tensor, Noised]:
         c, g = self.cache, self.generator
-        idx = torch.tensor(order.take(n, g))
-        flips = torch.randint(0, images.latent_mean.shape[0], (n,), generator=g)
-        mean, std = images.latent_mean[flips, idx], images.latent_std[flips, idx]
+        local = torch.tensor(self.orders[self._key(name, bucket)].take(n, g))
+        latent_mean, latent_std = images.latent_mean[bucket], images.latent_std[bucket]
+        flips = torch.randint(0, latent_mean.shape[0], (n,), generator=g)
+        mean, std = latent_mean[flips, local], latent_std[flips, local]
         z0 = (mean + std * torch.randn(mean.shape, generator=g) - c.shift_factor) * c.scaling_factor
         noise = torch.randn(z0.shape, generator=g)
         t = self.objective.sample_timesteps(n, g)
         noise = self.objective.offset(noise, g)
-        return idx, Noised(z0, noise, t)
+        return torch.tensor(images.members[bucket])[local], Noised(z0, noise, t)
 
     def next(self) -> Batch:
         """This process's slice of the global batch of ``batch_size * num_processes`` rows."""
         n, b = self.batch_size * self.num_processes, self.batch_size
         mine = slice(self.process_index * b, (self.process_index + 1) * b)
         c = self.cache
-        idx, inst = self._draw(c.instance, self.orders["instance"], n)
+        bucket = self.buckets[0]
+        if len(self.buckets) > 1:
+            weights = torch.tensor([len(c.instance.members[k]) for k in self.buckets], dtype=torch.float64)
+            bucket = self.buckets[int(torch.multinomial(weights, 1, generator=self.generator))]
+        idx, inst = self._draw(c.instance, "instance", bucket, n)
         caption = idx
         if self.caption_dropout:  # drawn only when on, so runs without it keep their stream
             drop = torch.rand(n, generator=self.generator) < self.caption_dropout
@@ -207,7 +305,7 @@ class StreamSampler:
             prompts["pool"] = c.pool[pick]
         prior = None
         if c.prior is not None:
-            cidx, prior_all = self._draw(c.prior, self.orders["prior"], n)
+            cidx, prior_all = self._draw(c.prior, "prior", bucket, n)
             prompts["class"] = c.prior.prompts[cidx[mine]]
             prior = prior_all[mine]
         return Batch(inst[mine], prompts, prior)
@@ -222,8 +320,8 @@ class StreamSampler:
         sizes = {k: o.n for k, o in self.orders.items()}
         if state.get("sizes", sizes) != sizes or set(state["orders"]) != set(self.orders):
             raise CatAdapterError(f"--resume: the checkpoint's data stream has image sets of sizes "
-                                  f"{state.get('sizes')}, this run {sizes}; the concept or class folder changed "
-                                  "since the checkpoint")
+                                  f"{state.get('sizes')}, this run {sizes}; the concept or class folder changed since "
+                                  "the checkpoint (or its images' buckets)")
         self.generator.set_state(state["generator"])
         for k, o in self.orders.items():
             o.load(state["orders"][k])

@@ -1,8 +1,8 @@
 """Concept folders: images with optional same-name ``.txt`` captions, validated and preprocessed.
 
 Images are converted to RGB (RGBA/LA/P composited on white, L, 16-bit and float modes rescaled),
-EXIF orientation is applied, the shorter side is resized to ``resolution`` and the centre is
-cropped to a square. Aspect-ratio bucketing is not implemented yet: every image is a square crop.
+EXIF orientation is applied; data/buckets.py then scales each image to cover its bucket (the
+``resolution`` square, or an aspect-ratio bucket with ``--buckets``) and crops the centre.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cat_adapter.data.buckets import fit, place
 from cat_adapter.data.prompts import fill_template, has_trigger, plain_prompt
 from cat_adapter.errors import CatAdapterError
 
@@ -77,12 +78,8 @@ def open_image(path: str | Path, option: str = "--data") -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
-    w, h = img.size
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    return img.crop((left, top, left + resolution, top + resolution))
+    """Shorter side to ``resolution``, centre square crop (the one bucket of a run without --buckets)."""
+    return fit(img, place(img.size, (resolution, resolution)))
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:

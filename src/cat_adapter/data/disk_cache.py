@@ -2,7 +2,7 @@
 
 An entry's key is a SHA-256 over everything its value depends on, so a stale entry is never found:
 the base model (hub id and revision, or the content fingerprint of a local folder: ``toy build``
-rewrites the same path), the image file's bytes (not its size or mtime), the resolution, whether both
+rewrites the same path), the image file's bytes (not its size or mtime), the bucket (width, height), whether both
 flips are stored, the VAE's or text encoder's dtype, the prompt, and this format's version. Entries are
 safetensors files written under a temporary name and renamed, so two runs sharing a cache (the shards
 of a compare plan) never read a half-written one.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: latents keyed by bucket (width, height), not by resolution
 
 
 def file_sha256(path: Path) -> str:

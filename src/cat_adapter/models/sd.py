@@ -363,6 +363,11 @@ class SDModel:
         return self.pipe.unet.config.in_channels, height // f, width // f
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the U-Net's downsampling (64 for SD)."""
+        return int(self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1))
+
+    @property
     def default_resolution(self) -> int:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 

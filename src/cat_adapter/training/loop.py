@@ -21,8 +21,9 @@ import torch
 import yaml
 
 import cat_adapter
-from cat_adapter.config import TrainConfig, config_from_dict, resume_mismatch, save_config
-from cat_adapter.data.cache import StreamSampler, build_cache
+from cat_adapter.config import TrainConfig, bucket_sides, config_from_dict, resume_mismatch, save_config
+from cat_adapter.data.buckets import bucket_sizes
+from cat_adapter.data.cache import StreamSampler, bucket_record, build_cache
 from cat_adapter.data.concept import ConceptItem, load_concept
 from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger, plain_prompt
@@ -213,6 +214,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     freeze(*model.frozen_components())
     memory.reset_peak()  # the profile's peak is measured above the loaded model
     model_mb = memory.current_mb()
+    buckets = training_buckets(cfg, model)  # checked before anything is written
     if prepare_folder is not None:
         prepare_folder()
     inputs = dict(inputs)
@@ -225,7 +227,10 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
         method.load_state_dict(init_state)
     disk = DiskCache(run.cache_dir, model.identity) if run.cache_dir else None
     cache = build_cache(model, items, resolution=d.resolution, random_flip=d.random_flip, device=accelerator.device,
-                        caption_dropout=d.caption_dropout > 0, disk=disk, **inputs)
+                        buckets=buckets, caption_dropout=d.caption_dropout > 0, disk=disk,
+                        **inputs)
+    if d.buckets and accelerator.is_main_process:
+        write_buckets(Path(run.output), cache, items, inputs)
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -251,6 +256,34 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
+
+
+def training_buckets(cfg: TrainConfig, model) -> list[tuple[int, int]] | None:
+    """The aspect-ratio buckets of ``--buckets`` (data/buckets.py), or None for the one ``--resolution`` square."""
+    d = cfg.data
+    if not d.buckets:
+        return None
+    multiple = model.size_multiple
+    step = d.bucket_step or multiple
+    if step % multiple:
+        raise CatAdapterError(f"--bucket-step {step}: must be a multiple of {multiple} for this model (its VAE factor "
+                              "times its U-Net's downsampling)")
+    lo, hi = bucket_sides(d)
+    if hi < step:
+        raise CatAdapterError(f"--bucket-max-side {hi}: below --bucket-step {step}; no bucket fits")
+    sizes = bucket_sizes(d.resolution, step, max(lo, step), hi)
+    log.info("--buckets: %d bucket sizes, step %d, area <= %d^2", len(sizes), step, d.resolution)
+    return sizes
+
+
+def write_buckets(out: Path, cache, items: list[ConceptItem], inputs: dict) -> None:
+    """``OUT/buckets.json``: each training image's bucket; ``OUT/class_buckets.json`` for the class images."""
+    write_json_atomic(out / "buckets.json", bucket_record(cache.instance, [it.image_path for it in items]))
+    if cache.prior is not None:
+        write_json_atomic(out / "class_buckets.json",
+                          bucket_record(cache.prior, [p for p, _ in inputs["class_images"]]))
+    counts = ", ".join(f"{w}x{h}: {len(cache.instance.members[(w, h)])}" for w, h in cache.instance.buckets)
+    log.info("--buckets: images per bucket %s (a bucket smaller than the batch repeats its own images)", counts)
 
 
 def seed_model_randomness(seed: int, rank: int) -> None:
