@@ -231,6 +231,9 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                         **inputs)
     if d.buckets and accelerator.is_main_process:
         write_buckets(Path(run.output), cache, items, inputs)
+        counts = ", ".join(f"{w}x{h}: {len(cache.instance.members[(w, h)])}" for w, h in cache.instance.buckets)
+        accelerator.print(f"images per bucket: {counts} (OUT/buckets.json; a bucket smaller than the batch repeats "
+                          "its own images)")
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -282,8 +285,6 @@ def write_buckets(out: Path, cache, items: list[ConceptItem], inputs: dict) -> N
     if cache.prior is not None:
         write_json_atomic(out / "class_buckets.json",
                           bucket_record(cache.prior, [p for p, _ in inputs["class_images"]]))
-    counts = ", ".join(f"{w}x{h}: {len(cache.instance.members[(w, h)])}" for w, h in cache.instance.buckets)
-    log.info("--buckets: images per bucket %s (a bucket smaller than the batch repeats its own images)", counts)
 
 
 def seed_model_randomness(seed: int, rank: int) -> None:
