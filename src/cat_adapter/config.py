@@ -186,7 +186,7 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.ema_decay is None or spec.runner is None, "--ema-decay",
           f"is not supported by --method {spec.name}: its iterations continue from the raw weights")
     check(0 <= d.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1) (got {d.caption_dropout})")
-    preserves = "preservation" in spec.sections and self.preservation.cat_alpha > 0
+    preserves = "preservation" in spec.sections and self.preservation.on
     check(not (d.caption_dropout > 0 and preserves and d.preserve_prompt == "empty"), "--caption-dropout",
           "cannot be combined with --preserve-prompt empty under CAT: a dropped row's identity term would pull the "
           "empty prompt toward the concept while the preservation term holds it at the base model; use "
@@ -280,6 +280,17 @@ def coerce(name: str, value: Any, typ: Any, choices: tuple[str, ...] | None = No
     args = get_args(typ)
     if value is None and type(None) not in args:
         raise CatAdapterError(f"{where}: a value is required (got null)")
+    if set(args) == {float, str}:  # a number or a word (--cat-alpha 1.0 | auto)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            if choices is not None and value.strip() in choices:
+                return value.strip()
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise CatAdapterError(f"{where}: a number or {' or '.join(choices or ())} (got {value!r})")
     if type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None

@@ -192,7 +192,8 @@ def _plot_profile(path: Path, rows: list[dict]) -> None:
 
 def _sweep(tmp: Path, plan: dict, runs: list[dict]) -> None:
     """Fig. 8 (PS and KPS against alpha) and Fig. 7 (image grids) for variants expanded from a cat_alpha list."""
-    swept = [r for r in runs if (r.get("sweep") or {}).get("key") == "cat_alpha"]
+    swept = [r for r in runs if (r.get("sweep") or {}).get("key") == "cat_alpha"
+             and not isinstance(r["sweep"]["value"], str)]   # a constrained 'auto' has no place on the alpha axis
     if not swept:
         return
     import matplotlib

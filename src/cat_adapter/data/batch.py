@@ -41,12 +41,15 @@ class Batch:
 
     ``prompts`` by name: ``trigger`` (y_T of each instance row), ``plain`` (its trigger-free y),
     ``pool`` (K extra trigger-free prompts shared by the batch), ``class`` (the prompt of each prior row).
+    ``preserve_rows``: the instance rows CAT's preservation term runs on (``--cat-fraction``); None: all.
     """
 
     instance: Noised
     prompts: dict[str, Prompts] = field(default_factory=dict)
     prior: Noised | None = None
+    preserve_rows: torch.Tensor | None = None
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Batch":
         return Batch(self.instance.to(device, dtype), {k: v.to(device, dtype) for k, v in self.prompts.items()},
-                     None if self.prior is None else self.prior.to(device, dtype))
+                     None if self.prior is None else self.prior.to(device, dtype),
+                     None if self.preserve_rows is None else self.preserve_rows.to(device))

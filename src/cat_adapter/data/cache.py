@@ -14,6 +14,7 @@ the same stream state, and a checkpoint of that one state restores every rank's 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,9 +252,11 @@ class StreamSampler:
     """
 
     def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
-                 num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0):
+                 num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0,
+                 preserve_fraction: float = 1.0):
         self.cache = cache
         self.caption_dropout = float(caption_dropout)
+        self.preserve_fraction = float(preserve_fraction)
         if self.caption_dropout and len(cache.instance.prompts) != len(cache.instance) + 1:
             raise ValueError("caption dropout needs the cache built with caption_dropout=True (the empty prompt)")
         self.batch_size = batch_size
@@ -308,7 +311,12 @@ class StreamSampler:
             cidx, prior_all = self._draw(c.prior, "prior", bucket, n)
             prompts["class"] = c.prior.prompts[cidx[mine]]
             prior = prior_all[mine]
-        return Batch(inst[mine], prompts, prior)
+        keep = None
+        if self.preserve_fraction < 1:  # drawn only when on; every rank keeps the same number of rows
+            k = max(1, math.ceil(self.preserve_fraction * b))
+            picks = [torch.randperm(b, generator=self.generator)[:k].sort().values for _ in range(self.num_processes)]
+            keep = picks[self.process_index]
+        return Batch(inst[mine], prompts, prior, keep)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "orders": {k: o.state() for k, o in self.orders.items()},

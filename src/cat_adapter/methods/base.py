@@ -65,6 +65,7 @@ class Method:
         self.parts = parts
         self.terms = terms
         self.cat_mode = cat_mode
+        self.step = 0   # the optimizer step being taken (0-based), set by the loop: terms that skip steps read it
         self.wrapped: dict[str, torch.nn.Module] = {}   # modules as accelerate prepared them
         self._dropouts = [m for n, m in model.denoiser.named_modules()
                           if isinstance(m, torch.nn.Dropout) and m.p > 0 and "lora_" not in n]
@@ -126,6 +127,18 @@ class Method:
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{part.kind}.{k}": v for part in self.parts for k, v in part.state_dict().items()}
+
+    def term_state(self) -> dict[str, dict]:
+        """JSON-able state of the loss terms (constrained CAT's alpha), by term name."""
+        return {t.name: t.state_dict() for t in self.terms if hasattr(t, "state_dict") and t.state_dict()}
+
+    def load_term_state(self, state: dict[str, dict]) -> None:
+        for t in self.terms:
+            if hasattr(t, "state_dict") and t.state_dict():
+                if t.name not in state:
+                    raise CatAdapterError(f"--resume: the checkpoint holds no state of the {t.name} term "
+                                          "(--cat-alpha auto's alpha); resume with the options it was written with")
+                t.load_state_dict(state[t.name])
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Strict: a missing or unexpected key is an error naming it (a checkpoint of another run)."""

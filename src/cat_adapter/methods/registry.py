@@ -108,7 +108,7 @@ def active_terms(spec: MethodSpec, cfg) -> list[str]:
     terms = list(spec.terms)
     if "prior" in spec.optional_terms and cfg.prior.prior_preservation and "prior" not in terms:
         terms.append("prior")
-    if "preservation" in spec.optional_terms and cfg.preservation.cat_alpha > 0 and "preservation" not in terms:
+    if "preservation" in spec.optional_terms and cfg.preservation.on and "preservation" not in terms:
         terms.append("preservation")
     order = ("identity", "prior", "preservation")
     return sorted(terms, key=order.index)

@@ -79,6 +79,10 @@ class Term:
     def prepare(cls, cfg, model, accelerator) -> dict:
         return {}
 
+    def active(self, step: int) -> bool:
+        """Whether the term runs at this (0-based) optimizer step."""
+        return True
+
 
 def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
                   ) -> torch.Tensor:
@@ -130,7 +134,8 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
     s = StepInputs(method, batch)
     model = method.model
     data = [(term, term.rows(s)) for term in method.terms if term.group == "data"]
-    held = [(term, term.rows(s)) for term in method.terms if term.group != "data"]
+    held = [(term, term.rows(s)) for term in method.terms if term.group != "data" and term.active(method.step)]
+    skipped = {f"loss_{term.name}": None for term in method.terms if term.group != "data" and not term.active(method.step)}
     values: dict[str, torch.Tensor] = {}
 
     def frozen_targets() -> None:
@@ -157,4 +162,4 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
             values[term.name] = term.loss(_predict(model, [r])[0], r.target)
             backward(term.weight * values[term.name])  # also at weight 0: a zero gradient, LoRA's update bit for bit
             total = total + term.weight * values[term.name].detach()
-    return LossOutput(total.detach(), {f"loss_{k}": v.item() for k, v in values.items()})
+    return LossOutput(total.detach(), {**{f"loss_{k}": v.item() for k, v in values.items()}, **skipped})

@@ -58,7 +58,7 @@ FORMAT_VERSION = 2
 
 def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor], optimizer, lr_scheduler,
                     stream_state: dict, rng_states: list[dict[str, torch.Tensor]], scaler_state: dict | None = None,
-                    limit: int | None = None, ema_state: dict | None = None) -> Path:
+                    limit: int | None = None, ema_state: dict | None = None, term_state: dict | None = None) -> Path:
     """Write a checkpoint (main process); ``rng_states``: one dict of generator states per rank."""
     root = Path(out_dir) / CHECKPOINT_DIR
     target = root / f"step-{step:06d}"
@@ -76,7 +76,8 @@ def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor
             ema_meta = {k: v for k, v in ema_state.items() if k != "shadow_params"}
         state = {"format_version": FORMAT_VERSION, "step": step, "world_size": len(rng_states), "ema": ema_meta,
                  "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(),
-                 "stream": {k: v for k, v in stream_state.items() if k != "generator"}, "grad_scaler": scaler_state}
+                 "stream": {k: v for k, v in stream_state.items() if k != "generator"}, "grad_scaler": scaler_state,
+                 "terms": term_state or {}}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     if limit:
         for old in list_checkpoints(out_dir)[:-limit]:
@@ -128,6 +129,7 @@ def load_checkpoint(path: Path, *, rank: int = 0) -> dict[str, Any]:
         "grad_scaler": state.get("grad_scaler"),
         "rng": rng,
         "ema": _ema(path, state.get("ema")),
+        "terms": state.get("terms", {}),
     }
 
 

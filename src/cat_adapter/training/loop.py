@@ -253,6 +253,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     objective.noise_offset = float(o.noise_offset)
     sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
                             objective=objective, seed=run.seed, caption_dropout=d.caption_dropout,
+                            preserve_fraction=cfg.preservation.cat_fraction,
                             num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
@@ -309,6 +310,7 @@ def resume(s: Session, path: Path) -> None:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     s.sampler.load_state_dict(ckpt["stream"])
+    s.method.load_term_state(ckpt["terms"])
     if s.ema is not None:
         if ckpt["ema"] is None:
             raise CatAdapterError(f"--resume: {path} holds no EMA state (--ema-decay); resume without it")
@@ -371,6 +373,12 @@ def train_step(s: Session) -> dict[str, float | None]:
     s.method.after_step()
     if s.ema is not None:
         s.ema.step(s.method.parameters())
+    for term in s.method.terms:  # constrained CAT's dual update, with the term every process measured
+        value = terms.get(f"loss_{term.name}")
+        if hasattr(term, "observe") and value is not None:
+            if acc.num_processes > 1:
+                value = acc.reduce(torch.tensor([value], device=acc.device), reduction="mean").item()
+            term.observe(value)
     return terms
 
 
@@ -385,7 +393,7 @@ def checkpoint(s: Session, done: int) -> None:
             Path(s.cfg.run.output), done, trained=s.method.state_dict(), optimizer=s.optimizer,
             lr_scheduler=s.lr_scheduler, stream_state=s.sampler.state_dict(), rng_states=rngs,
             scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None, limit=s.cfg.run.checkpoints_limit,
-            ema_state=s.ema.state_dict() if s.ema is not None else None)
+            ema_state=s.ema.state_dict() if s.ema is not None else None, term_state=s.method.term_state())
     acc.wait_for_everyone()
 
 
@@ -394,12 +402,14 @@ def run_loop(s: Session, *, progress: bool) -> None:
 
     run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
     main = s.accelerator.is_main_process
-    alpha = {"cat_alpha": t.weight for t in s.method.terms if t.name == "preservation"}
+    preservation = [t for t in s.method.terms if t.name == "preservation"]
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
     with (out / "log.jsonl").open("a") if main else _Null() as log_file:
         for step in bar:
             t0 = time.perf_counter()
+            alpha = {"cat_alpha": t.alpha for t in preservation}   # the alpha this step trains with
+            s.method.step = step
             terms = train_step(s)
             done = step + 1
             if not math.isfinite(terms["loss"]):
@@ -469,6 +479,9 @@ def finish(s: Session, t0: float) -> None:
         finally:
             s.ema.restore(params)
     validate(s, out / "validation.png", s.cfg.optim.steps)
+    for term in s.method.terms:  # a term's own figures (constrained CAT's alpha.png)
+        if hasattr(term, "report"):
+            term.report(out)
     files = sorted({f for e in exported for f in e.files.values()})
     peak = memory.peak_mb()
     step_s = [json.loads(ln)["seconds"] for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]

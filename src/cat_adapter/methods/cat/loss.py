@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cat_adapter.diffusion import mse
+from cat_adapter.methods.cat.constrained import DualAlpha, plot_alpha
 from cat_adapter.methods.terms import Term
 from cat_adapter.models.base import Cond
 
@@ -46,7 +47,11 @@ def load_pool(cfg) -> list[str] | None:
 
 
 class PreservationTerm(Term):
-    """alpha * ||eps_frozen(z_t, t, y) - eps_adapted(z_t, t, y)||^2 on the instance stream's z_t and t."""
+    """alpha * ||eps_frozen(z_t, t, y) - eps_adapted(z_t, t, y)||^2 on the instance stream's z_t and t.
+
+    ``--cat-every K`` runs it on every K-th step at weight K x alpha; ``--cat-fraction F`` on the rows the data
+    stream picked (``Batch.preserve_rows``); ``--cat-alpha auto`` makes alpha a ``DualAlpha``.
+    """
 
     name, group = "preservation", "preservation"
 
@@ -55,16 +60,54 @@ class PreservationTerm(Term):
         return {"pool_prompts": load_pool(cfg)}
 
     def __init__(self, cfg):
-        self.weight = float(cfg.preservation.cat_alpha)
+        p = cfg.preservation
+        self.every = int(p.cat_every)
+        self.dual = DualAlpha(p.preservation_target, p.cat_alpha_init, p.cat_alpha_lr) if p.auto else None
+        self.fixed = None if p.auto else float(p.cat_alpha)
+
+    @property
+    def alpha(self) -> float:
+        return self.dual.alpha if self.dual is not None else self.fixed
+
+    @property
+    def weight(self) -> float:
+        return self.every * self.alpha if self.every > 1 else self.alpha
+
+    def active(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def observe(self, term: float) -> None:
+        """The step's measured term (mean over micro-batches and processes): the dual update."""
+        if self.dual is not None:
+            self.dual.update(term)
+
+    def state_dict(self) -> dict:
+        return self.dual.state_dict() if self.dual is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.dual is not None:
+            self.dual.load_state_dict(state)
+
+    def report(self, out) -> None:
+        """``OUT/alpha.png`` of a constrained run: alpha and the term per step, from ``log.jsonl``."""
+        if self.dual is not None:
+            plot_alpha(out / "log.jsonl", self.dual.target, out / "alpha.png")
 
     def rows(self, s):
         from cat_adapter.methods.terms import Rows
 
         b = s.batch
         pool = "pool" in b.prompts
-        z, t, cond = plain_inputs(s.z_t, b.instance.timesteps, s.prompts("plain"), s.prompts("pool") if pool else None)
+        keep = b.preserve_rows   # --cat-fraction: this rank's rows the stream picked; None: all
+
+        def pick(x):
+            return x if keep is None else x[keep]
+
+        z_t, t_rows = pick(s.z_t), pick(b.instance.timesteps)
+        z, t, cond = plain_inputs(z_t, t_rows, pick(s.prompts("plain")), s.prompts("pool") if pool else None)
+
         def frozen() -> Cond:  # y through the frozen text encoder, when a text-encoder LoRA trains
-            return plain_inputs(s.z_t, b.instance.timesteps, s.frozen_prompts("plain"),
+            return plain_inputs(z_t, t_rows, pick(s.frozen_prompts("plain")),
                                 s.frozen_prompts("pool") if pool else None)[2]
 
         trained_encoder = getattr(s.model.text, "encoder_trained", False)

@@ -10,8 +10,8 @@ def _check(cfg, given: set[str]) -> None:
     if cfg.prior.prior_preservation:
         raise CatAdapterError("--prior-preservation does not apply to --method ti: it trains no denoiser weights, "
                               "so class images have nothing to preserve")
-    if cfg.preservation.cat_alpha > 0:
-        raise CatAdapterError("--cat-alpha > 0 does not apply to --method ti: a prompt without the trigger never "
+    if cfg.preservation.on:
+        raise CatAdapterError(f"--cat-alpha {cfg.preservation.cat_alpha} does not apply to --method ti: a prompt without the trigger never "
                               "reads the new token, so the trigger-free prediction cannot change")
 
 
