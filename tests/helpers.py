@@ -36,13 +36,13 @@ def unet_out(unet, seed=0):
         return unet(z, torch.tensor([10, 500]), c).sample
 
 
-def train_cli_error(capsys, model, data, out, *extra) -> str:
+def train_cli_error(capsys, model, data, out, *extra, class_noun: str | None = "circle") -> str:
     """Run ``cat-adapter train`` with bad options; assert exit status 2, one error line and no output folder.
-    Returns the error line. ``data`` None leaves --data out."""
+    Returns the error line. ``data`` (``class_noun``) None leaves --data (--class-noun) out."""
     from cat_adapter.cli.main import main as cli_main
 
-    argv = ["train", "--model", str(model), *(["--data", str(data)] if data else []), "--class-noun", "circle",
-            "--output", str(out), *extra]
+    argv = ["train", "--model", str(model), *(["--data", str(data)] if data else []),
+            *(["--class-noun", class_noun] if class_noun else []), "--output", str(out), *extra]
     try:
         code = cli_main(argv)
     except SystemExit as e:  # argparse's own errors (choices)

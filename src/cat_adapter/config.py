@@ -49,6 +49,12 @@ class ModelConfig:
 class DataConfig:
     data: str | None = opt(help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt "
                            "captions. Not read by --method tco, which trains on images it generates.")
+    concepts: str | None = opt(None, "Several concepts in one adapter: a YAML file with a 'concepts:' list of {name, "
+                               "data, trigger, class_noun[, caption_template, preserve_pool]} (data relative to the file). "
+                               "Replaces --data/--trigger/--class-noun/--caption-template. --method lora and cat.")
+    concept_balance: str = opt("uniform", "With several concepts: draw each concept equally often (uniform), or each "
+                               "image equally often (by-images, so a concept with more images trains more).",
+                               choices=("uniform", "by-images"))
     trigger: str = opt("sks", "Trigger word that names the concept in captions (y_T).")
     class_noun: str | None = opt(None, "Class of the concept, e.g. teapot. Needed by the caption template "
                                  "and by --preserve-prompt class.")
@@ -158,7 +164,7 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
                               "(leave --data out; a concept's reference images are for evaluate)")
     for section in sections(self):
         for f in dataclasses.fields(section):
-            if f.name == "data" and not spec.needs_data:
+            if f.name == "data" and (not spec.needs_data or self.data.concepts):
                 continue
             if f.metadata.get("required") and getattr(section, f.name) in (None, ""):
                 raise CatAdapterError(f"missing required option {flag(f.name)}")
@@ -166,6 +172,13 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
             if isinstance(value, float):
                 check(math.isfinite(value), flag(f.name), f"must be a finite number (got {value})")
     d, o, r = self.data, self.optim, self.run
+    if d.concepts:
+        check(spec.name in MULTI_CONCEPT_METHODS, "--concepts",
+              f"is offered for --method {' and '.join(MULTI_CONCEPT_METHODS)} (DreamBooth's class images, TI's tokens "
+              "and TCO's loop are per concept); train one adapter per concept")
+        for name in ("data", "trigger", "class_noun", "caption_template"):
+            check(name not in (given or ()), flag(name), "cannot be combined with --concepts (the concepts file gives "
+                  "each concept's folder, trigger, class noun and caption template)")
     check(0 <= o.adam_beta1 < 1 and 0 <= o.adam_beta2 < 1, "--adam-beta1/--adam-beta2", "must be in [0, 1)")
     check(o.adam_epsilon > 0, "--adam-epsilon", f"must be > 0 (got {o.adam_epsilon})")
     check(o.weight_decay >= 0, "--weight-decay", f"must be >= 0 (got {o.weight_decay})")
@@ -203,8 +216,10 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
           f"and --bucket-max-side must hold --resolution between them (got {lo}..{hi}, resolution {d.resolution})")
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
           f"must be one word without spaces (got {d.trigger!r})")
-    # (a method that makes its own images writes its own captions: the template is not read)
-    needs_class = ("{class_noun}" in d.caption_template and spec.needs_data) or d.preserve_prompt == "class"
+    # (a method that makes its own images writes its own captions: the template is not read; a concepts file's
+    # entries are checked when it is read)
+    needs_class = not d.concepts and (("{class_noun}" in d.caption_template and spec.needs_data)
+                                      or d.preserve_prompt == "class")
     check(not needs_class or bool(d.class_noun), "--class-noun",
           "is required by the caption template and by --preserve-prompt class")
     check("{trigger}" in d.caption_template, "--caption-template", "must contain {trigger}")
@@ -246,6 +261,9 @@ TrainConfig = dataclasses.make_dataclass(
 
 def sections(cfg: Any) -> list[Any]:
     return [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+
+
+MULTI_CONCEPT_METHODS = ("lora", "cat")
 
 
 def bucket_sides(d: "DataConfig") -> tuple[int, int]:

@@ -47,6 +47,7 @@ class ImageSet:
     prompts: Prompts             # (N rows) the caption of each image; (N + 1) with --caption-dropout, the
                                  # last row being the empty prompt a dropped caption becomes
     plain: Prompts | None = None  # (N rows) its trigger-free prompt y (instance images)
+    concept_of: list[int] | None = None  # (N) each image's concept (--concepts); None: one concept
 
     def __len__(self) -> int:
         return self.num_images
@@ -197,6 +198,7 @@ def build_cache(model, items: list, *, resolution: int, random_flip: bool, devic
         sets.append([p for _, p in class_images])
     prompts = encode_prompt_sets(model.text, sets, device=device, disk=disk)
     instance = image_set(encoded, len(items), prompts[0], prompts[1])
+    instance.concept_of = [it.concept for it in items]
     pool = prompts[2] if pool_prompts else None
     prior = None
     if class_images:
@@ -249,11 +251,16 @@ class StreamSampler:
     average. Within a bucket images are drawn without replacement, a new permutation whenever one is used up, so
     a bucket holding fewer images than the batch fills it by repeating its own images (each row with its own
     flip, latent sample, noise and timestep). With one bucket nothing is drawn for the bucket.
+
+    With several concepts and ``balance="uniform"`` an image of concept c weighs 1 / (images of c): each row
+    draws a concept (within the step's bucket, in proportion to those weights), then the next image of that
+    concept's own permutation, so every concept is drawn equally often whatever its number of images.
+    ``by-images`` draws images as if they were one concept.
     """
 
     def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
                  num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0,
-                 preserve_fraction: float = 1.0):
+                 preserve_fraction: float = 1.0, balance: str = "uniform"):
         self.cache = cache
         self.caption_dropout = float(caption_dropout)
         self.preserve_fraction = float(preserve_fraction)
@@ -267,17 +274,48 @@ class StreamSampler:
         self.buckets = cache.instance.buckets
         if cache.prior is not None and set(cache.prior.buckets) != set(self.buckets):
             raise ValueError("the class images must cover exactly the instance buckets")
-        self.orders = {self._key(name, b): _Order(len(images.members[b]))
-                       for name, images in (("instance", cache.instance), ("prior", cache.prior)) if images is not None
-                       for b in self.buckets}
+        if balance not in ("uniform", "by-images"):
+            raise ValueError(f"balance must be uniform or by-images (got {balance!r})")
+        inst = cache.instance
+        concept_of = inst.concept_of or [0] * len(inst)
+        n_concepts = max(concept_of) + 1
+        split = balance == "uniform" and n_concepts > 1
+        per_concept = [concept_of.count(k) for k in range(n_concepts)]
+        # bucket -> [(stream name, the bucket's latents it draws from, weight)]
+        self.groups: dict[Size, list[tuple[str, list[int], float]]] = {}
+        for b in self.buckets:
+            members = inst.members[b]
+            if split:
+                self.groups[b] = [(self._key("instance", b, k), local, len(local) / per_concept[k])
+                                  for k in range(n_concepts)
+                                  if (local := [j for j, i in enumerate(members) if concept_of[i] == k])]
+            else:
+                self.groups[b] = [(self._key("instance", b), list(range(len(members))), float(len(members)))]
+        self.orders = {key: _Order(len(local)) for groups in self.groups.values() for key, local, _ in groups}
+        if cache.prior is not None:
+            self.orders.update({self._key("prior", b): _Order(len(cache.prior.members[b])) for b in self.buckets})
 
-    def _key(self, name: str, bucket: Size) -> str:
-        """A stream's name in checkpoints: 'instance' and 'prior' with one bucket (as before buckets existed)."""
-        return name if len(self.buckets) == 1 else f"{name} {bucket[0]}x{bucket[1]}"
+    def _key(self, name: str, bucket: Size, concept: int | None = None) -> str:
+        """A stream's name in checkpoints: 'instance' and 'prior' with one bucket and concept (as before buckets
+        and concepts existed)."""
+        parts = [name] + ([f"{bucket[0]}x{bucket[1]}"] if len(self.buckets) > 1 else []) + \
+            ([f"concept{concept}"] if concept is not None else [])
+        return " ".join(parts)
+
+    def _take(self, bucket: Size, n: int) -> torch.Tensor:
+        """n latents of the bucket: from its one stream, or one concept draw per row and that concept's stream."""
+        g, groups = self.generator, self.groups[bucket]
+        if len(groups) == 1:
+            key, local, _ = groups[0]
+            return torch.tensor([local[j] for j in self.orders[key].take(n, g)])
+        pick = torch.multinomial(torch.tensor([w for _, _, w in groups], dtype=torch.float64), n, replacement=True,
+                                 generator=g).tolist()
+        return torch.tensor([groups[k][1][self.orders[groups[k][0]].take(1, g)[0]] for k in pick])
 
     def _draw(self, images: ImageSet, name: str, bucket: Size, n: int) -> tuple[torch.Tensor, Noised]:
         c, g = self.cache, self.generator
-        local = torch.tensor(self.orders[self._key(name, bucket)].take(n, g))
+        local = (self._take(bucket, n) if name == "instance"
+                 else torch.tensor(self.orders[self._key(name, bucket)].take(n, g)))
         latent_mean, latent_std = images.latent_mean[bucket], images.latent_std[bucket]
         flips = torch.randint(0, latent_mean.shape[0], (n,), generator=g)
         mean, std = latent_mean[flips, local], latent_std[flips, local]
@@ -294,7 +332,7 @@ class StreamSampler:
         c = self.cache
         bucket = self.buckets[0]
         if len(self.buckets) > 1:
-            weights = torch.tensor([len(c.instance.members[k]) for k in self.buckets], dtype=torch.float64)
+            weights = torch.tensor([sum(w for _, _, w in self.groups[k]) for k in self.buckets], dtype=torch.float64)
             bucket = self.buckets[int(torch.multinomial(weights, 1, generator=self.generator))]
         idx, inst = self._draw(c.instance, "instance", bucket, n)
         caption = idx

@@ -30,6 +30,7 @@ class ConceptItem:
     caption: str          # y_T: with the trigger
     plain: str            # y: trigger-free, by --preserve-prompt
     caption_source: str   # the .txt file, or "template"
+    concept: int = 0      # index of its concept (--concepts)
 
 
 def list_images(folder: str | Path, option: str = "--data") -> list[Path]:

@@ -24,9 +24,10 @@ import cat_adapter
 from cat_adapter.config import TrainConfig, bucket_sides, config_from_dict, resume_mismatch, save_config
 from cat_adapter.data.buckets import bucket_sizes
 from cat_adapter.data.cache import StreamSampler, bucket_record, build_cache
-from cat_adapter.data.concept import ConceptItem, load_concept
+from cat_adapter.data.concept import ConceptItem
+from cat_adapter.data.concepts import concept_specs, load_concepts, per_token_plain
 from cat_adapter.data.disk_cache import DiskCache
-from cat_adapter.data.prompts import has_trigger, plain_prompt
+from cat_adapter.data.prompts import has_trigger
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import check_output_folder, write_json_atomic, write_text_atomic
 from cat_adapter.methods import registry
@@ -126,16 +127,19 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
 
 
 def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict]:
-    """Cheap checks on every input before any model is loaded; returns the concept and the terms' inputs."""
+    """Cheap checks on every input before any model is loaded; returns every concept's items (in concept order)
+    and the terms' inputs."""
     d = cfg.data
-    items = load_concept(d.data, trigger=d.trigger, class_noun=d.class_noun, caption_template=d.caption_template,
-                         missing_trigger=d.caption_missing_trigger, preserve_prompt=d.preserve_prompt)
+    specs = concept_specs(d)
+    items = [it for group in load_concepts(specs, missing_trigger=d.caption_missing_trigger,
+                                           preserve_prompt=d.preserve_prompt) for it in group]
     inputs: dict = {}
     for term in term_classes(cfg):
         inputs.update(term.check_inputs(cfg))
-    if cfg.run.validation_prompt and not has_trigger(cfg.run.validation_prompt, d.trigger):
-        raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger '{d.trigger}'; "
-                              "the grid compares it with its trigger-free form")
+    if cfg.run.validation_prompt and not any(has_trigger(cfg.run.validation_prompt, c.trigger) for c in specs):
+        raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger "
+                              f"{' or '.join(repr(c.trigger) for c in specs)}; the grid compares it with its "
+                              "trigger-free form")
     return items, inputs
 
 
@@ -177,9 +181,13 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], mode: str, checkp
         # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
         save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
         if not checkpoints:
-            write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "caption": it.caption,
-                                                      "plain": it.plain, "caption_source": it.caption_source}
-                                                     for it in items])
+            specs = concept_specs(cfg.data)
+            write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "concept": specs[it.concept].name,
+                                                      "caption": it.caption, "plain": it.plain,
+                                                      "caption_source": it.caption_source} for it in items])
+            if cfg.data.concepts:  # the concepts as this run read them (absolute folders)
+                write_text_atomic(out / "concepts.yaml", yaml.safe_dump({"concepts": [c.to_dict() for c in specs]},
+                                                                        sort_keys=False))
             write_text_atomic(out / "log.jsonl", "")
     accelerator.wait_for_everyone()
 
@@ -194,7 +202,7 @@ def portable(cfg: TrainConfig) -> TrainConfig:
     m, d, r, p, pr = cfg.model, cfg.data, cfg.run, cfg.preservation, cfg.prior
     return replace(cfg, model=replace(m, model=m.model if is_alias(m.model, "pipeline") else absolute(m.model),
                                       single_file_config=absolute(m.single_file_config)),
-                   data=replace(d, data=absolute(d.data)),
+                   data=replace(d, data=absolute(d.data), concepts=absolute(d.concepts)),
                    preservation=replace(p, preserve_pool=absolute(p.preserve_pool)),
                    prior=replace(pr, class_data=absolute(pr.class_data)),
                    run=replace(r, resume=False, overwrite=False))
@@ -253,7 +261,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     objective.noise_offset = float(o.noise_offset)
     sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
                             objective=objective, seed=run.seed, caption_dropout=d.caption_dropout,
-                            preserve_fraction=cfg.preservation.cat_fraction,
+                            preserve_fraction=cfg.preservation.cat_fraction, balance=d.concept_balance,
                             num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
@@ -334,7 +342,7 @@ def validate(s: Session, path: Path, step: int) -> None:
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
     validation_grid(s.method, prompt_trigger=run.validation_prompt,
-                    prompt_plain=plain_prompt(run.validation_prompt, d.trigger, d.preserve_prompt, d.class_noun),
+                    prompt_plain=per_token_plain(run.validation_prompt, concept_specs(d), d.preserve_prompt),
                     num_images=run.validation_images, steps=run.validation_steps,
                     guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
                     autocast=s.accelerator.autocast())
@@ -459,9 +467,8 @@ def write_adapter(s: Session, folder: Path, exported: list) -> Path:
     from cat_adapter.adapters import write_adapter_json
 
     d = s.cfg.data
-    concept = {"name": Path(d.data).name, "trigger": d.trigger, "class_noun": d.class_noun,
-               "preserve_prompt": d.preserve_prompt, "caption_template": d.caption_template}
-    return write_adapter_json(folder, method=s.method.name, model=s.model, exported=exported, concepts=[concept])
+    return write_adapter_json(folder, method=s.method.name, model=s.model, exported=exported,
+                              concepts=[c.record(d.preserve_prompt) for c in concept_specs(d)])
 
 
 def finish(s: Session, t0: float) -> None:

@@ -30,20 +30,27 @@ def plain_inputs(z_t: torch.Tensor, t: torch.Tensor, plain: Cond, pool: Cond | N
 
 
 def load_pool(cfg) -> list[str] | None:
-    """``--preserve-pool``: one trigger-free prompt per line; a prompt with the trigger is an error naming it."""
+    """``--preserve-pool`` and each concept's ``preserve_pool`` (--concepts): one trigger-free prompt per line, the
+    files in that order; a prompt with any concept's trigger is an error naming it."""
     from cat_adapter.data.concept import load_prompt_file
+    from cat_adapter.data.concepts import concept_specs
     from cat_adapter.data.prompts import has_trigger
     from cat_adapter.errors import CatAdapterError
 
-    d, p = cfg.data, cfg.preservation
-    if not p.preserve_pool:
-        return None
-    prompts = load_prompt_file(p.preserve_pool, "--preserve-pool")
-    for i, x in enumerate(prompts):
-        if has_trigger(x, d.trigger):
-            raise CatAdapterError(f"--preserve-pool {p.preserve_pool}: prompt {i + 1} {x!r} contains the trigger "
-                                  f"'{d.trigger}'; the pool must be trigger-free")
-    return prompts
+    specs = concept_specs(cfg.data)
+    files = [(cfg.preservation.preserve_pool, "--preserve-pool")] + \
+        [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
+    prompts: list[str] = []
+    for path, option in files:
+        if not path:
+            continue
+        for i, x in enumerate(load_prompt_file(path, option)):
+            hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
+            if hit:
+                raise CatAdapterError(f"{option} {path}: prompt {i + 1} {x!r} contains the trigger '{hit}'; the pool "
+                                      "must be trigger-free")
+            prompts.append(x)
+    return prompts or None
 
 
 class PreservationTerm(Term):

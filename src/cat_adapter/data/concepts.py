@@ -1,0 +1,139 @@
+"""Several concepts in one adapter (``--concepts FILE.yaml``), and the one-concept case of the same code.
+
+A concepts file holds a ``concepts:`` list; each entry has ``name``, ``data`` (a concept folder, relative to the
+file), ``trigger`` and ``class_noun``, and optionally ``caption_template`` and ``preserve_pool``: the entries of a
+compare plan's concepts. ``--data/--trigger/--class-noun`` make the one-entry list.
+
+Per-token CAT: a caption's trigger-free prompt y removes every concept's trigger that appears in it (by
+``--preserve-prompt``: removed, the empty prompt, or each trigger replaced by its own class noun), so a caption
+that names two concepts preserves the prompt with neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from cat_adapter.data.concept import ConceptItem, load_concept
+from cat_adapter.data.prompts import has_trigger, plain_prompt
+from cat_adapter.errors import CatAdapterError
+
+KEYS = ("name", "data", "trigger", "class_noun", "caption_template", "preserve_pool")
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    name: str
+    data: str
+    trigger: str
+    class_noun: str | None
+    caption_template: str
+    preserve_pool: str | None = None
+
+    def record(self, preserve_prompt: str) -> dict:
+        """The concept as adapter.json lists it."""
+        return {"name": self.name, "trigger": self.trigger, "class_noun": self.class_noun,
+                "preserve_prompt": preserve_prompt, "caption_template": self.caption_template}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_concepts_file(path: str | Path, *, default_template: str, preserve_prompt: str = "remove"
+                       ) -> list[ConceptSpec]:
+    """Parse and check ``--concepts FILE``; a bad entry is a one-line error naming the file and the entry."""
+    path = Path(path).expanduser()
+    where = f"--concepts {path}"
+    if not path.is_file():
+        raise CatAdapterError(f"{where}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CatAdapterError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    entries = raw.get("concepts") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise CatAdapterError(f"{where}: needs a non-empty 'concepts:' list of {{name, data, trigger, class_noun}}")
+    specs = []
+    for i, e in enumerate(entries):
+        label = f"{where}: concept {i + 1}"
+        if not isinstance(e, dict):
+            raise CatAdapterError(f"{label} is not a mapping of {', '.join(KEYS)}")
+        unknown = sorted(set(e) - set(KEYS))
+        if unknown:
+            raise CatAdapterError(f"{label}: unknown key {unknown[0]!r} (known: {', '.join(KEYS)})")
+        for key in ("name", "data", "trigger"):
+            if not isinstance(e.get(key), str) or not e[key].strip():
+                raise CatAdapterError(f"{label}: '{key}' is required (a non-empty string)")
+        data = Path(e["data"]).expanduser()
+        data = data if data.is_absolute() else (path.parent / data)
+        pool = e.get("preserve_pool")
+        if pool:
+            pool = str(Path(pool) if Path(pool).is_absolute() else (path.parent / pool))
+        specs.append(ConceptSpec(e["name"].strip(), str(data.resolve()), e["trigger"].strip(), e.get("class_noun"),
+                                 e.get("caption_template") or default_template, pool))
+    check_concepts(specs, where, preserve_prompt)
+    return specs
+
+
+def concept_specs(d) -> list[ConceptSpec]:
+    """The run's concepts: the ``--concepts`` file, or the one concept of ``--data/--trigger/--class-noun``."""
+    if d.concepts:
+        return read_concepts_file(d.concepts, default_template=d.caption_template, preserve_prompt=d.preserve_prompt)
+    return [ConceptSpec(Path(d.data).name, d.data, d.trigger, d.class_noun, d.caption_template)]
+
+
+def check_concepts(specs: list[ConceptSpec], where: str, preserve_prompt: str = "remove") -> None:
+    """Unique names, folders and triggers; no trigger that holds another as a word; one-word triggers; class nouns
+    where the template or ``--preserve-prompt class`` needs them."""
+    seen_names, seen_data = {}, {}
+    for s in specs:
+        if s.name in seen_names:
+            raise CatAdapterError(f"{where}: two concepts are named {s.name!r}; give each its own name")
+        seen_names[s.name] = s
+        if s.data in seen_data:
+            raise CatAdapterError(f"{where}: folder {s.data} is listed twice ({seen_data[s.data]!r} and {s.name!r}); "
+                                  "one folder is one concept")
+        seen_data[s.data] = s.name
+    for a in specs:
+        for b in specs:
+            if a is b:
+                continue
+            if a.trigger.lower() == b.trigger.lower():
+                raise CatAdapterError(f"{where}: concepts {a.name!r} and {b.name!r} share the trigger {a.trigger!r}; "
+                                      "each concept needs its own")
+            if has_trigger(a.trigger, b.trigger):
+                raise CatAdapterError(f"{where}: trigger {a.trigger!r} of {a.name!r} contains trigger {b.trigger!r} of "
+                                      f"{b.name!r} as a word; a caption could not tell them apart")
+    for s in specs:
+        if any(c.isspace() for c in s.trigger):
+            raise CatAdapterError(f"{where}: trigger {s.trigger!r} of {s.name!r} must be one word without spaces")
+        if ("{class_noun}" in s.caption_template or preserve_prompt == "class") and not s.class_noun:
+            raise CatAdapterError(f"{where}: concept {s.name!r} needs a class_noun (its caption template or "
+                                  "--preserve-prompt class uses it)")
+        if "{trigger}" not in s.caption_template:
+            raise CatAdapterError(f"{where}: concept {s.name!r}: caption_template must contain {{trigger}}")
+
+
+def per_token_plain(caption: str, specs: list[ConceptSpec], mode: str) -> str:
+    """y of a caption: every concept's trigger in it removed (or replaced by its class noun; or the empty prompt)."""
+    y = caption
+    for s in specs:
+        if has_trigger(y, s.trigger):
+            y = plain_prompt(y, s.trigger, mode, s.class_noun)
+    return y
+
+
+def load_concepts(specs: list[ConceptSpec], *, missing_trigger: str, preserve_prompt: str) -> list[list[ConceptItem]]:
+    """Every concept's items; each caption's y removes every trigger it holds (per-token CAT)."""
+    out = []
+    for s in specs:
+        items = load_concept(s.data, trigger=s.trigger, class_noun=s.class_noun, caption_template=s.caption_template,
+                             missing_trigger=missing_trigger, preserve_prompt=preserve_prompt,
+                             option=f"--concepts ({s.name})" if len(specs) > 1 else "--data")
+        if len(specs) > 1:
+            items = [ConceptItem(it.image_path, it.caption, per_token_plain(it.caption, specs, preserve_prompt),
+                                 it.caption_source, len(out)) for it in items]
+        out.append(items)
+    return out
