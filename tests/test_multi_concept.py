@@ -133,3 +133,87 @@ def test_a_missing_concepts_file_is_one_line(tiny_model, tmp_path, capsys):
     line = train_cli_error(capsys, tiny_model, None, tmp_path / "out", "--concepts", str(tmp_path / "nope.yaml"),
                            class_noun=None)
     assert "file not found" in line
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+SPECS = [{"name": "sks_circle", "class_noun": "circle", "trigger": "sks", "num_images": 3,
+          "appearance": {"fill": "blue", "pattern": "stripes", "pattern_color": "yellow", "outline": "black"}},
+         {"name": "qlo_triangle", "class_noun": "triangle", "trigger": "qlo", "num_images": 3,
+          "appearance": {"fill": "red", "pattern": "solid", "outline": "blue"}}]
+
+
+@pytest.fixture(scope="module")
+def toy_pair(tmp_path_factory):
+    """Two toy concepts, a 2-concept CAT adapter on the toy model (a few steps) and its evaluation."""
+    from cat_adapter.toy.concept import validate_spec, write_concept
+
+    root = tmp_path_factory.mktemp("toy_pair")
+    entries = []
+    for spec in SPECS:
+        write_concept(validate_spec(spec), root / spec["name"])
+        entries.append({"name": spec["name"], "data": spec["name"], "trigger": spec["trigger"],
+                        "class_noun": spec["class_noun"], "caption_template": "a {trigger} {class_noun}"})
+    (root / "concepts.yaml").write_text(yaml.safe_dump({"concepts": entries}))
+    adapter = root / "adapter"
+    assert cli_main(["train", "--model", "toy", "--concepts", str(root / "concepts.yaml"), "--resolution", "32",
+                     "--steps", "4", "--lr", "1e-3", "--cpu", "--output", str(adapter)]) == 0
+    common = ["--model", "toy", "--clip", "toy", "--images-per-prompt", "1", "--sample-steps", "3",
+              "--guidance-scale", "2", "--drift-samples", "1", "--cpu"]
+    assert cli_main(["evaluate", "--adapter", str(adapter), "--output", str(root / "eval"), *common]) == 0
+    return root, common
+
+
+def test_multi_concept_evaluation_writes_each_concept_and_the_confusion(toy_pair):
+    root, _ = toy_pair
+    ev = root / "eval"
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["concepts"] == ["sks_circle", "qlo_triangle"] and m["confusion"]["kind"] == "concept_rate"
+    # each concept's look is read back from its reference images' pixels
+    assert m["looks"]["sks_circle"] == {"fill": "blue", "pattern": "stripes", "outline": "black"}
+    assert m["looks"]["qlo_triangle"] == {"fill": "red", "pattern": "solid", "outline": "blue"}
+    for name in m["concepts"]:
+        sub = json.loads((ev / name / "metrics.json").read_text())
+        assert sub["trigger"] == {"sks_circle": "sks", "qlo_triangle": "qlo"}[name]
+        assert sub["concept_rate_class"] is not None and m["per_concept"][name]["kps"] == sub["kps"]
+    rows = (ev / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "trigger_of,sks_circle,qlo_triangle" and len(rows) == 3
+    assert (ev / "confusion.png").stat().st_size > 3000
+
+
+def test_rate_matrix_counts_each_concepts_look(tmp_path):
+    """Trigger images of concept b: two with a's look, two with b's: row b reads 0.5 and 0.5."""
+    from cat_adapter.evaluation.confusion import look_of, rate_matrix
+    from cat_adapter.toy.concept import concept_scenes, validate_spec
+    from cat_adapter.toy.world import render
+
+    paths = {}
+    for spec in SPECS:
+        scenes = concept_scenes(validate_spec(spec))
+        paths[spec["name"]] = []
+        for i, s in enumerate(scenes):
+            p = tmp_path / f"{spec['name']}{i}.png"
+            render(s).save(p)
+            paths[spec["name"]].append(p)
+    looks = {n: look_of(ps) for n, ps in paths.items()}
+    b_images = paths["qlo_triangle"][:2] + paths["sks_circle"][:2]
+    matrix = rate_matrix({"sks_circle": paths["sks_circle"], "qlo_triangle": b_images}, looks)
+    assert matrix.tolist() == [[1.0, 0.0], [0.5, 0.5]]
+
+
+def test_evaluate_one_concept_of_several_and_bad_choices(toy_pair, tmp_path, capsys):
+    from eval_helpers import assert_one_line_error, run_cli
+
+    root, common = toy_pair
+    adapter = root / "adapter"
+    rc, _, _ = run_cli(["evaluate", "--adapter", adapter, "--concept", "qlo_triangle", "--data", root / "qlo_triangle",
+                        "--output", tmp_path / "one", *common], capsys)
+    assert rc == 0
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["trigger"] == "qlo"
+    rc, _, err = run_cli(["evaluate", "--adapter", adapter, "--concept", "nope", "--data", root / "qlo_triangle",
+                          "--output", tmp_path / "x", *common], capsys)
+    assert_one_line_error(rc, err, "--concept 'nope'", "sks_circle")
+    rc, _, err = run_cli(["evaluate", "--adapter", adapter, "--data", root / "qlo_triangle",
+                          "--output", tmp_path / "y", *common], capsys)
+    assert_one_line_error(rc, err, "--data names one concept's folder")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

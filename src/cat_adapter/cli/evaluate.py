@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", "--lora", dest="adapter", required=True,
                    help="Adapter: a cat-adapter output folder (any method), a diffusers LoRA folder or .safetensors, "
                    "a kohya LoRA file, a learned_embeds.safetensors; or none for the base model. --lora is an alias.")
-    p.add_argument("--data", required=True, help="Concept folder (images with optional .txt captions).")
+    p.add_argument("--data", default=None, help="Concept folder (images with optional .txt captions). Required, except "
+                   "for a multi-concept adapter evaluated without --concept: then every concept is evaluated from the "
+                   "folders in the training run's concepts.yaml, with a confusion report.")
+    p.add_argument("--concept", default=None, help="Evaluate this concept (by name) of a multi-concept adapter.")
     p.add_argument("--output", required=True, help="Evaluation folder to write.")
     p.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the shapes-world CLIP).")
     p.add_argument("--trigger", default=None, help="Trigger word (default: from the adapter's config.yaml).")
@@ -63,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
     m = json.loads((Path(out) / "metrics.json").read_text())
     if m.get("adapter_recognised"):
         print(f"adapter: {m['adapter_recognised']} ({'+'.join(m['adapter_kinds'])}) from {m['adapter']}")
+    if "confusion" in m:  # every concept of a multi-concept adapter
+        for name, per in m["per_concept"].items():
+            print(summary_line({**per, "label": f"{m['label']}:{name}"}))
+        c = m["confusion"]
+        print(f"confusion ({c['kind']}): largest share of another concept's look/identity "
+              f"{'n/a' if c['max_off_diagonal'] is None else format(c['max_off_diagonal'], '.3f')}")
+        print(f"wrote {out / 'metrics.json'}, confusion.csv, confusion.png and one evaluation folder per concept")
+        return 0
     print(summary_line(m))
     print(f"wrote {out / 'metrics.json'}, pairs.csv, manifest.csv, images/ and grid.png")
     return 0

@@ -32,8 +32,9 @@ class EvalOptions:
     """What ``cat-adapter evaluate`` takes; None means "from the adapter's config.yaml, else the default"."""
     model: str
     adapter: str | None        # an adapter folder or file (ours or another tool's); None or "none" for the base model
-    data: str
+    data: str | None           # the concept folder; None: each concept's folder from the training run (several)
     output: str
+    concept: str | None = None  # which concept of a multi-concept adapter; None: all of them
     clip: str = DEFAULT_CLIP
     trigger: str | None = None
     class_noun: str | None = None
@@ -77,6 +78,16 @@ class EvalOptions:
         return self
 
 
+def pick_concept(adapter, name: str | None) -> dict:
+    """The adapter's concept called ``name`` (its only one when None)."""
+    names = [c.get("name") for c in adapter.concepts]
+    if name is None:
+        return adapter.concepts[0]
+    if name not in names:
+        raise CatAdapterError(f"--concept {name!r}: the adapter's concepts are {', '.join(map(str, names))}")
+    return adapter.concepts[names.index(name)]
+
+
 def resolve_options(o: EvalOptions, adapter=None) -> dict:
     """Trigger handling: flags, else the adapter's adapter.json concept or saved config.yaml, else defaults."""
     from cat_adapter.adapters import saved_run_config
@@ -85,7 +96,7 @@ def resolve_options(o: EvalOptions, adapter=None) -> dict:
     if adapter is not None:
         saved = dict((saved_run_config(adapter.path) or {}).get("data", {}) or {})
         if adapter.concepts:
-            saved.update({k: v for k, v in adapter.concepts[0].items() if v is not None})
+            saved.update({k: v for k, v in pick_concept(adapter, o.concept).items() if v is not None})
     r = {"trigger": o.trigger or saved.get("trigger"), "class_noun": o.class_noun or saved.get("class_noun"),
          "preserve_prompt": o.preserve_prompt or (saved.get("preserve_prompt") if o.has_adapter else None) or "remove",
          "caption_template": o.caption_template or saved.get("caption_template") or DEFAULT_TEMPLATE,
@@ -146,6 +157,13 @@ def evaluate(o: EvalOptions) -> Path:
     o.validate()
     out = check_output(o.output, overwrite=o.overwrite)
     adapter = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.has_adapter else None
+    if adapter is not None and len(adapter.concepts) > 1 and o.concept is None:
+        return evaluate_concepts(o, adapter, out)
+    if o.concept is not None and adapter is None:
+        raise CatAdapterError("--concept picks a concept of --adapter; the base model has none")
+    if not o.data:
+        raise CatAdapterError("--data is required (the concept folder; only a multi-concept adapter evaluated "
+                              "without --concept takes its folders from the training run)")
     resolved = resolve_options(o, adapter)
     prompts, references, controls = load_prompts(o, resolved)
     device = pick_device(o.cpu)
@@ -190,4 +208,78 @@ def evaluate(o: EvalOptions) -> Path:
         # Score what the manifest says, read back from disk: the same path as ``cat-adapter score``.
         rows = read_manifest(write_manifest(tmp / "manifest.csv", plan.rows))
         score_rows(rows, embedder, tmp, epsilon=o.hm_epsilon, meta={**meta, "manifest": "manifest.csv"})
+    return out
+
+
+def concept_folders(adapter) -> dict[str, str]:
+    """Each concept's folder, from the ``concepts.yaml`` its training run wrote beside the adapter."""
+    import yaml
+
+    folder = adapter.path if adapter.path.is_dir() else adapter.path.parent
+    path = folder / "concepts.yaml"
+    if not path.is_file():
+        raise CatAdapterError(f"--adapter {adapter.path}: {len(adapter.concepts)} concepts and no concepts.yaml beside "
+                              "it to find their folders; give --concept NAME and its --data")
+    entries = yaml.safe_load(path.read_text()).get("concepts") or []
+    return {e["name"]: e["data"] for e in entries}
+
+
+def evaluate_concepts(o: EvalOptions, adapter, out: Path) -> Path:
+    """Every concept of a multi-concept adapter, each a complete evaluation in ``OUT/<name>/``, plus the confusion
+    report (evaluation/confusion.py) and a ``metrics.json`` holding the per-concept scores and their means."""
+    import json
+    from dataclasses import replace
+
+    import numpy as np
+
+    from cat_adapter import shared
+    from cat_adapter.evaluation import confusion
+    from cat_adapter.io import write_json_atomic
+    from cat_adapter.sampling import pick_device
+
+    if o.data:
+        raise CatAdapterError("--data names one concept's folder; with a multi-concept adapter give --concept NAME "
+                              "with it, or leave --data out to evaluate every concept from the training run's folders")
+    folders = concept_folders(adapter)
+    names = [c["name"] for c in adapter.concepts]
+    missing = [n for n in names if n not in folders]
+    if missing:
+        raise CatAdapterError(f"--adapter {adapter.path}: concepts.yaml lacks the folder of {', '.join(missing)}")
+    label = default_label(o)
+    toy = o.model.strip().lower() == "toy"
+    with atomic_dir(out) as tmp, shared.shared_objects():
+        per: dict[str, dict] = {}
+        for name in names:
+            sub = evaluate(replace(o, concept=name, data=folders[name], output=str(tmp / name), overwrite=False,
+                                   label=f"{label}:{name}"))
+            per[name] = json.loads((sub / "metrics.json").read_text())
+        images = {n: confusion.trigger_images(tmp / n) for n in names}
+        if toy:
+            from cat_adapter.toy.demo import add_concept_rates
+
+            looks = {n: confusion.look_of(confusion.reference_images(tmp / n)) for n in names}
+            for n in names:
+                if looks[n] is not None:
+                    per[n].update(add_concept_rates(tmp / n, looks[n]))
+            matrix, kind = confusion.rate_matrix(images, looks), "concept_rate"
+        else:
+            device = pick_device(o.cpu)
+            embedder = shared.get(("clip", o.clip, str(device), o.clip_batch_size),
+                                  lambda: ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device),
+                                  mutable=False)
+            refs = {n: confusion.reference_images(tmp / n) for n in names}
+            matrix, kind, looks = confusion.identity_matrix(images, refs, embedder), "identity_score", None
+        confusion.write_confusion(tmp, names, matrix, kind)
+        keys = ("prompt_score", "identity_score", "kps", "base_fidelity", "class_diversity", "leakage", "drift_plain",
+                "concept_rate_trigger", "concept_rate_class", "concept_rate_control")
+        means = {k: float(np.mean([per[n][k] for n in names])) for k in keys
+                 if all(per[n].get(k) is not None for n in names)}
+        off = matrix[~np.eye(len(names), dtype=bool)]
+        write_json_atomic(tmp / "metrics.json", {
+            "label": label, "model": o.model, "adapter": o.adapter, "concepts": names, **means,
+            "per_concept": {n: {k: per[n].get(k) for k in keys} for n in names},
+            "confusion": {"kind": kind, "rows": "trigger of concept i", "columns": "concept j",
+                          "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
+                          "max_off_diagonal": None if np.all(np.isnan(off)) else float(np.nanmax(off))},
+            "looks": looks, "package_version": cat_adapter.__version__})
     return out
