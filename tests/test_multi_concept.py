@@ -217,3 +217,58 @@ def test_evaluate_one_concept_of_several_and_bad_choices(toy_pair, tmp_path, cap
                           "--output", tmp_path / "y", *common], capsys)
     assert_one_line_error(rc, err, "--data names one concept's folder")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# ---------------------------------------------------------------------------------------------- compare groups
+
+GROUP_PLAN = """
+concepts:
+  - {name: sks_circle, spec: {class_noun: circle, trigger: sks, num_images: 3, appearance: {fill: blue, pattern: stripes, pattern_color: yellow, outline: black}}}
+  - {name: qlo_triangle, spec: {class_noun: triangle, trigger: qlo, num_images: 3, appearance: {fill: red, pattern: solid, outline: blue}}}
+  - {name: pair, group: [sks_circle, qlo_triangle]}
+variants:
+  - {name: lora, method: lora}
+  - {name: cat, method: cat, preserve_pool: concept, preserve_pool_size: 1}
+  - {name: ti, method: ti, steps: 2}
+seeds: [0]
+shared: {model: toy, caption_template: "a {trigger} {class_noun}", resolution: 32, steps: 3, lr: 1.0e-3, validation_every: 0}
+evaluation: {clip: toy, images_per_prompt: 1, sample_steps: 2, guidance_scale: 2.0, drift_samples: 1}
+"""
+
+
+def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path):
+    from cat_adapter.compare.plan import jobs, load_plan
+
+    (tmp_path / "plan.yaml").write_text(GROUP_PLAN)
+    plan = load_plan(tmp_path / "plan.yaml")
+    ids = [j.id for j in jobs(plan)]
+    assert "pair__lora__seed0" in ids and "pair__cat__seed0" in ids
+    assert "pair__ti__seed0" not in ids and "pair__base" not in ids      # TI takes one concept; no group base
+    out = tmp_path / "out"
+    assert cli_main(["compare", "--plan", str(tmp_path / "plan.yaml"), "--output", str(out), "--cpu"]) == 0
+    job = out / "jobs" / "pair__cat__seed0"
+    record = json.loads((job / "done.json").read_text())
+    assert record["members"] == ["sks_circle", "qlo_triangle"] and record["concept_kind"] == "group"
+    adapter = json.loads((job / "train" / "adapter.json").read_text())
+    assert [c["trigger"] for c in adapter["concepts"]] == ["sks", "qlo"]
+    concepts = yaml.safe_load((job / "concepts.yaml").read_text())["concepts"]
+    assert all(c["preserve_pool"].endswith("pool.txt") for c in concepts)    # 'concept' pool: each member's own
+    assert (job / "eval" / "confusion.csv").is_file() and (job / "eval" / "qlo_triangle" / "metrics.json").is_file()
+    table = (out / "report" / "table1.md").read_text()
+    assert "| lora [pair] |" in table and "| cat [pair] |" in table and "| cat |" in table
+    assert "## cat [pair]" in (out / "report" / "groups.md").read_text()
+    assert "| cat [pair] |" in (out / "report" / "paired.md").read_text()   # paired with lora [pair]
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("{name: g, group: [sks_circle, nope]}", "'nope' is not a concept"),
+    ("{name: g, group: [sks_circle]}", "two or more"),
+    ("{name: g, group: [sks_circle, qlo_triangle], trigger: abc}", "member concepts"),
+])
+def test_bad_groups(tmp_path, entry, needle):
+    from cat_adapter.compare.plan import load_plan
+
+    text = GROUP_PLAN.replace("{name: pair, group: [sks_circle, qlo_triangle]}", entry)
+    (tmp_path / "plan.yaml").write_text(text)
+    with pytest.raises(CatAdapterError, match=needle):
+        load_plan(tmp_path / "plan.yaml")

@@ -5,6 +5,7 @@ concepts:
   - {name: teapot, data: path/to/folder, trigger: sks, class_noun: teapot}
   - {name: star, spec: path/to/toy_spec.json}            # a shapes-world concept spec (or an inline mapping)
   - {name: fox, prompt: "a watercolor fox character", trigger: zq, class_noun: fox}   # tco only
+  - {name: both, group: [teapot, star]}                  # one adapter for both concepts (lora and cat variants)
 variants:
   - {name: lora, method: lora}
   - {name: cat, method: cat, cat_alpha: [0.5, 1.0]}      # one variant per value
@@ -31,7 +32,7 @@ from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import read_yaml
 
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
-CONCEPT_KEYS = ("name", "data", "spec", "prompt", "trigger", "class_noun", "caption_template", "preserve_pool",
+CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "trigger", "class_noun", "caption_template", "preserve_pool",
                 "prompts", "control_prompts")
 EVAL_KEYS = ("clip", "prompts", "control_prompts", "images_per_prompt", "sample_steps", "guidance_scale", "resolution",
              "batch_size", "seed", "drift_samples", "lora_scale", "clip_batch_size")
@@ -44,7 +45,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 @dataclass
 class Concept:
     name: str
-    kind: str                          # folder | toy | prompt
+    kind: str                          # folder | toy | prompt | group
     trigger: str
     class_noun: str | None
     data: Path | None = None           # the concept folder (toy: written by the harness)
@@ -54,6 +55,7 @@ class Concept:
     preserve_pool: Path | None = None
     prompts: Path | None = None        # held-out {trigger} prompts for evaluation
     control_prompts: Path | None = None
+    members: list[str] | None = None   # a group: the concepts one adapter trains on together
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -183,11 +185,11 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
         for k in c:
             if k not in CONCEPT_KEYS:
                 raise _err(source, f"{where}.{k}", f"unknown key (concept keys: {', '.join(CONCEPT_KEYS)})")
-        kinds = [k for k in ("data", "spec", "prompt") if k in c]
+        kinds = [k for k in ("data", "spec", "prompt", "group") if k in c]
         if len(kinds) != 1:
-            raise _err(source, where, "needs exactly one of data (a concept folder), spec (a toy concept spec) or "
-                       "prompt (tco)")
-        kind = {"data": "folder", "spec": "toy", "prompt": "prompt"}[kinds[0]]
+            raise _err(source, where, "needs exactly one of data (a concept folder), spec (a toy concept spec), "
+                       "prompt (tco) or group (names of concepts one adapter learns together)")
+        kind = {"data": "folder", "spec": "toy", "prompt": "prompt", "group": "group"}[kinds[0]]
         spec = None
         if kind == "toy":
             if isinstance(c["spec"], dict):
@@ -207,6 +209,11 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
             concept.data = _path(root, c["data"], source, f"{where}.data")
             if not concept.data.is_dir():
                 raise _err(source, f"{where}.data", f"{concept.data}: concept folder does not exist")
+        if kind == "group":
+            concept.members = c["group"]
+            for k in ("trigger", "class_noun", "caption_template", "preserve_pool", "prompts", "control_prompts"):
+                if k in c:
+                    raise _err(source, f"{where}.{k}", "belongs to the group's member concepts, not to the group")
         if kind == "prompt" and (not isinstance(c["prompt"], str) or not c["prompt"].strip()):
             raise _err(source, f"{where}.prompt", "must be a non-empty prompt")
         for k in ("preserve_pool", "prompts", "control_prompts"):
@@ -216,6 +223,18 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
                     raise _err(source, f"{where}.{k}", f"{p}: file not found")
                 setattr(concept, k, p)
         out.append(concept)
+    for i, concept in enumerate(out):
+        if concept.kind != "group":
+            continue
+        members, where = concept.members, f"concepts[{i}].group"
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+            raise _err(source, where, f"must list two or more concept names (got {members!r})")
+        for m in members:
+            member = next((x for x in out if x.name == m), None)
+            if member is None or member.kind not in ("folder", "toy"):
+                raise _err(source, where, f"{m!r} is not a concept of this plan with data or a spec")
+        if len(set(members)) != len(members):
+            raise _err(source, where, "names a concept twice")
     return out
 
 
@@ -283,13 +302,28 @@ def reads(method: str, option: str) -> bool:
     return section not in sections() or section in spec.sections
 
 
+def trains(concept: Concept, variant: Variant) -> bool:
+    """Whether the plan has a (concept, variant) job: a group trains with the methods that take several concepts."""
+    from cat_adapter.config import MULTI_CONCEPT_METHODS
+
+    return concept.kind != "group" or variant.method in MULTI_CONCEPT_METHODS
+
+
 def train_options(plan: Plan, concept: Concept, variant: Variant, seed: int, output: Path, *,
-                  data: Path | None = None, pool: Path | None = None) -> dict[str, Any]:
+                  data: Path | None = None, pool: Path | None = None, concepts_file: Path | None = None
+                  ) -> dict[str, Any]:
     """The training options of one job: shared (what the method reads) <- the variant's own <- the job's.
     ``data`` and ``pool``: the concept folder and preservation pool as the harness laid them out (toy concepts
-    are written from their spec); ``preserve_pool: concept`` names the concept's pool."""
+    are written from their spec); ``preserve_pool: concept`` names the concept's pool. A group's job trains on
+    ``concepts_file`` (its members, each with its own pool when the variant asks for the concept's)."""
     opts = {k: v for k, v in plan.shared.items() if reads(variant.method, k)}
     opts.update(variant.options, method=variant.method)
+    if concept.kind == "group":
+        if opts.get("preserve_pool") == "concept":
+            del opts["preserve_pool"]   # each member's pool is in the concepts file
+        opts.pop("caption_template", None)  # the members' (or shared) template is in the concepts file
+        opts.update(concepts=str(concepts_file or "group-concepts.yaml"), seed=seed, output=str(output))
+        return opts
     if opts.get("preserve_pool") == "concept":
         pool = pool or concept.preserve_pool
         if pool is None and concept.kind != "toy":
@@ -318,6 +352,8 @@ def _check_configs(plan: Plan) -> None:
 
     for concept in plan.concepts:
         for variant in plan.variants:
+            if not trains(concept, variant):
+                continue
             opts = train_options(plan, concept, variant, plan.seeds[0], Path("/nonexistent/out"))
             try:
                 build_config(overrides=opts)
@@ -327,9 +363,9 @@ def _check_configs(plan: Plan) -> None:
 
 def jobs(plan: Plan) -> list[Job]:
     """Every job, sorted by id: one base evaluation per concept with references, and (concept, variant, seed)."""
-    out = [Job(f"{c.name}__base", c.name) for c in plan.concepts if c.kind != "prompt"]
+    out = [Job(f"{c.name}__base", c.name) for c in plan.concepts if c.kind not in ("prompt", "group")]
     out += [Job(f"{c.name}__{v.name}__seed{s}", c.name, v.name, s)
-            for c in plan.concepts for v in plan.variants for s in plan.seeds]
+            for c in plan.concepts for v in plan.variants for s in plan.seeds if trains(c, v)]
     return sorted(out)
 
 

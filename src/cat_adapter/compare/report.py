@@ -7,6 +7,8 @@
 - for variants expanded from a ``cat_alpha`` list: ``alpha_sweep.png`` (PS and KPS against alpha, Fig. 8) and
   ``alpha_grid_class.png`` / ``alpha_grid_trigger.png`` (rows alpha, columns seeds, Fig. 7).
 - ``grid_trigger.png`` / ``grid_class.png`` per concept: base and every variant from the same seeds.
+- ``groups.md`` for multi-concept groups: each variant's confusion matrix (mean over seeds) and per-member scores;
+  a group's rows in table1 are the means over its members.
 """
 
 from __future__ import annotations
@@ -40,12 +42,21 @@ def load_jobs(out: Path) -> tuple[dict, list[dict]]:
             row[c] = metrics.get(c)
         if rec.get("identity_reference") == "first_cluster":  # a prompt-only concept: no reference images
             row["identity_score_first_cluster"], row["identity_score"] = row["identity_score"], None
+        if rec.get("concept_kind") == "group":  # its own rows: the means over the group's members
+            row["variant"] = group_label(rec["variant"], rec["concept"])
         runs.append(row)
     return plan, runs
 
 
+def group_label(variant: str, group: str) -> str:
+    """A multi-concept group's row label: one adapter for the group's concepts, means over its members."""
+    return f"{variant} [{group}]"
+
+
 def _order(plan: dict, runs: list[dict]) -> list[str]:
     names = ["base"] + [v["name"] for v in plan["variants"]]
+    groups = [c["name"] for c in plan["concepts"] if c.get("kind") == "group"]
+    names += [group_label(v["name"], g) for g in groups for v in plan["variants"]]
     return [n for n in names if any(r["variant"] == n for r in runs)]
 
 
@@ -69,7 +80,8 @@ def write_report(out: Path) -> Path:
             _paired(tmp, plan, runs, order)
             _profile(tmp, runs, order)
             _sweep(tmp, plan, runs)
-            _grids(tmp, plan, runs, order)
+            _grids(tmp, plan, [r for r in runs if r.get("concept_kind") != "group"], order)
+            _groups(tmp, [r for r in runs if r.get("concept_kind") == "group"], order)
         else:
             write_text_atomic(tmp / "table1.md", "No job has finished yet.\n")
     return out / "report"
@@ -105,14 +117,18 @@ def _table1(tmp: Path, plan: dict, runs: list[dict], order: list[str]) -> None:
 
 def _paired(tmp: Path, plan: dict, runs: list[dict], order: list[str]) -> None:
     ref = plan.get("reference", "lora")
-    refs = {(r["concept"], r["seed"]): r for r in runs if r["variant"] == ref}
+
+    def ref_of(r: dict) -> str:  # a group's rows pair with the reference variant's adapter for the same group
+        return group_label(ref, r["concept"]) if r.get("concept_kind") == "group" else ref
+
+    refs = {(r["concept"], r["seed"]): r for r in runs if r["variant"] == ref_of(r)}
     if not refs:
         write_text_atomic(tmp / "paired.md", f"No finished job of the reference variant {ref!r}: no paired differences.\n")
         return
     cols = _columns(runs, PAIRED_COLUMNS)
     out_rows = []
     for name in order:
-        if name in ("base", ref):
+        if name == "base" or any(r["variant"] == name and name == ref_of(r) for r in runs):
             continue
         row: dict = {"variant": name}
         for c in cols:
@@ -294,3 +310,36 @@ def _grids(tmp: Path, plan: dict, runs: list[dict], order: list[str]) -> None:
             if rows:
                 _save_grid(tmp / f"{prefix}grid_{kind}.png", rows, labels,
                            [f"seed {k}" for k in range(max(len(r) for r in rows))])
+
+
+def _groups(tmp: Path, runs: list[dict], order: list[str]) -> None:
+    """``groups.md``: per group and variant, the confusion matrix (mean over seeds) and each member's scores."""
+    if not runs:
+        return
+    import numpy as np
+
+    lines = ["# Multi-concept groups", "",
+             "Confusion: row = trigger prompts of concept i, column = concept j; concept_rate reads j's look from the "
+             "pixels of i's trigger images (identity_score: CLIP cosine to j's references). Mean over seeds.", ""]
+    for group in dict.fromkeys(r["concept"] for r in runs):
+        for variant in order:
+            sel = [r for r in runs if r["concept"] == group and r["variant"] == variant]
+            if not sel:
+                continue
+            metrics = [json.loads((r["folder"] / r["metrics"]).read_text()) for r in sel]
+            names, kind = metrics[0]["concepts"], metrics[0]["confusion"]["kind"]
+            mats = np.array([[[np.nan if v is None else v for v in row] for row in m["confusion"]["matrix"]]
+                             for m in metrics], dtype=float)
+            mean = np.nanmean(mats, axis=0) if not np.all(np.isnan(mats)) else mats[0]
+            lines += [f"## {variant} ({kind}, {len(sel)} seed{'s' * (len(sel) > 1)})", "",
+                      "| trigger of | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            lines += [f"| {a} | " + " | ".join("n/a" if np.isnan(v) else f"{v:.3f}" for v in row) + " |"
+                      for a, row in zip(names, mean)]
+            keys = ("identity_score", "kps", "base_fidelity", "concept_rate_trigger", "concept_rate_class")
+            lines += ["", "| member | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            for n in names:
+                vals = [[m["per_concept"][n].get(k) for m in metrics] for k in keys]
+                cells = ["-" if any(v is None for v in vs) else f"{float(np.mean(vs)):.3f}" for vs in vals]
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    write_text_atomic(tmp / "groups.md", "\n".join(lines) + "\n")

@@ -180,6 +180,8 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     from cat_adapter.training.loop import train
 
     concept = plan.concept(job.concept)
+    if concept.kind == "group":
+        return run_group_job(plan, job, out, cpu=cpu, progress=progress)
     inputs = concept_inputs(plan, concept, out)
     folder = out / "jobs" / job.id
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,6 +219,69 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     record.update(infer_s_per_image=inference.get("seconds_per_image"),
                   infer_peak_mem_mb=inference.get("peak_memory_above_model_mb"), metrics="eval/metrics.json",
                   package_version=cat_adapter.__version__)
+    write_json_atomic(folder / DONE, record)
+    return record
+
+
+def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: bool = False) -> dict:
+    """One adapter for a group's member concepts (``--concepts``), then every member evaluated with its own prompt
+    files plus the confusion report (``evaluate_concepts``); ``eval/metrics.json`` holds the members' means."""
+    from dataclasses import replace
+
+    import yaml
+
+    from cat_adapter.adapters import load_adapter
+    from cat_adapter.config import build_config
+    from cat_adapter.evaluation.evaluate import evaluate_concepts
+    from cat_adapter.training.loop import train
+
+    group, variant = plan.concept(job.concept), plan.variant(job.variant)
+    members = [plan.concept(m) for m in group.members]
+    inputs = {m.name: concept_inputs(plan, m, out) for m in members}
+    folder = out / "jobs" / job.id
+    folder.mkdir(parents=True, exist_ok=True)
+    train_dir, eval_dir = folder / "train", folder / "eval"
+    concept_pool = variant.options.get("preserve_pool") == "concept"
+    template = plan.shared.get("caption_template")
+    entries = []
+    for m in members:
+        entry = {"name": m.name, "data": str(inputs[m.name]["data"]), "trigger": m.trigger, "class_noun": m.class_noun}
+        if m.caption_template or template:
+            entry["caption_template"] = m.caption_template or template
+        pool = inputs[m.name].get("pool") or m.preserve_pool
+        if concept_pool and pool:
+            entry["preserve_pool"] = str(pool)
+        entries.append(entry)
+    write_text_atomic(folder / "concepts.yaml", yaml.safe_dump({"concepts": entries}, sort_keys=False))
+    opts = train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml")
+    if cpu:
+        opts["cpu"] = True
+    opts.setdefault("cache_dir", str(out / "cache"))
+    resumable = (train_dir / "config.yaml").is_file()
+    opts.update(resume=resumable, overwrite=False)
+    if not (train_dir / DONE).is_file():
+        t0 = time.perf_counter()
+        train(build_config(overrides=opts), progress=progress)
+        write_json_atomic(folder / "train_time.json", {"seconds": round(time.perf_counter() - t0, 2),
+                                                       "resumed": resumable})
+    record: dict = {"job": job.id, "concept": job.concept, "variant": job.variant, "seed": job.seed,
+                    "concept_kind": "group", "members": group.members, "method": variant.method,
+                    "options": variant.options, "sweep": variant.sweep, **_train_profile(train_dir, folder)}
+    if not (eval_dir / "metrics.json").is_file():
+        def options_for(name: str, output: Path):
+            m = plan.concept(name)
+            return replace(_eval_options(plan, m, inputs[name], data=inputs[name]["data"], adapter=str(train_dir),
+                                         output=output, label=f"{job.variant}:{name}", cpu=cpu), concept=name)
+
+        base = _eval_options(plan, members[0], inputs[members[0].name], data=inputs[members[0].name]["data"],
+                             adapter=str(train_dir), output=eval_dir, label=job.variant, cpu=cpu)
+        evaluate_concepts(base, load_adapter(train_dir), eval_dir, options_for=options_for)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    infer = [json.loads((eval_dir / n / "metrics.json").read_text()).get("inference") or {} for n in metrics["concepts"]]
+    per_image = [i["seconds_per_image"] for i in infer if i.get("seconds_per_image") is not None]
+    record.update(infer_s_per_image=sum(per_image) / len(per_image) if per_image else None,
+                  infer_peak_mem_mb=max((i.get("peak_memory_above_model_mb") or 0) for i in infer) if infer else None,
+                  metrics="eval/metrics.json", package_version=cat_adapter.__version__)
     write_json_atomic(folder / DONE, record)
     return record
 

@@ -224,9 +224,11 @@ def concept_folders(adapter) -> dict[str, str]:
     return {e["name"]: e["data"] for e in entries}
 
 
-def evaluate_concepts(o: EvalOptions, adapter, out: Path) -> Path:
+def evaluate_concepts(o: EvalOptions, adapter, out: Path, options_for=None) -> Path:
     """Every concept of a multi-concept adapter, each a complete evaluation in ``OUT/<name>/``, plus the confusion
-    report (evaluation/confusion.py) and a ``metrics.json`` holding the per-concept scores and their means."""
+    report (evaluation/confusion.py) and a ``metrics.json`` holding the per-concept scores and their means.
+    ``options_for(name, output)``: each concept's EvalOptions (the compare harness: its own prompt files); by
+    default ``o`` with the concept's folder from the training run's concepts.yaml."""
     import json
     from dataclasses import replace
 
@@ -237,21 +239,26 @@ def evaluate_concepts(o: EvalOptions, adapter, out: Path) -> Path:
     from cat_adapter.io import write_json_atomic
     from cat_adapter.sampling import pick_device
 
-    if o.data:
-        raise CatAdapterError("--data names one concept's folder; with a multi-concept adapter give --concept NAME "
-                              "with it, or leave --data out to evaluate every concept from the training run's folders")
-    folders = concept_folders(adapter)
     names = [c["name"] for c in adapter.concepts]
-    missing = [n for n in names if n not in folders]
-    if missing:
-        raise CatAdapterError(f"--adapter {adapter.path}: concepts.yaml lacks the folder of {', '.join(missing)}")
     label = default_label(o)
+    if options_for is None:
+        if o.data:
+            raise CatAdapterError("--data names one concept's folder; with a multi-concept adapter give --concept "
+                                  "NAME with it, or leave --data out to evaluate every concept from the training "
+                                  "run's folders")
+        folders = concept_folders(adapter)
+        missing = [n for n in names if n not in folders]
+        if missing:
+            raise CatAdapterError(f"--adapter {adapter.path}: concepts.yaml lacks the folder of {', '.join(missing)}")
+
+        def options_for(name: str, output: Path) -> EvalOptions:
+            return replace(o, concept=name, data=folders[name], output=str(output), overwrite=False,
+                           label=f"{label}:{name}")
     toy = o.model.strip().lower() == "toy"
     with atomic_dir(out) as tmp, shared.shared_objects():
         per: dict[str, dict] = {}
         for name in names:
-            sub = evaluate(replace(o, concept=name, data=folders[name], output=str(tmp / name), overwrite=False,
-                                   label=f"{label}:{name}"))
+            sub = evaluate(options_for(name, tmp / name))
             per[name] = json.loads((sub / "metrics.json").read_text())
         images = {n: confusion.trigger_images(tmp / n) for n in names}
         if toy:
