@@ -175,9 +175,7 @@ def _eval_options(plan: Plan, concept: Concept, inputs: dict, *, data: Path, ada
 
 def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: bool = False) -> dict:
     """Train (resuming a killed run), evaluate, add the concept's scorer columns, then ``done.json`` last."""
-    from cat_adapter.config import build_config
     from cat_adapter.evaluation.evaluate import evaluate
-    from cat_adapter.training.loop import train
 
     concept = plan.concept(job.concept)
     if concept.kind == "group":
@@ -191,17 +189,8 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     data = inputs["data"]
     if not job.is_base:
         variant = plan.variant(job.variant)
-        opts = train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool"))
-        if cpu:
-            opts["cpu"] = True
-        opts.setdefault("cache_dir", str(out / "cache"))  # latents and prompt embeddings shared by the plan's jobs
-        resumable = (train_dir / "config.yaml").is_file()
-        opts.update(resume=resumable, overwrite=False)
-        if not (train_dir / DONE).is_file():
-            t0 = time.perf_counter()
-            train(build_config(overrides=opts), progress=progress)
-            write_json_atomic(folder / "train_time.json", {"seconds": round(time.perf_counter() - t0, 2),
-                                                           "resumed": resumable})
+        _train_job(train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool")),
+                   folder, out, cpu=cpu, progress=progress)
         record.update(method=variant.method, options=variant.options, sweep=variant.sweep,
                       **_train_profile(train_dir, folder))
         if concept.kind == "prompt":  # TCO alone: identity against its first iteration's chosen cluster
@@ -223,6 +212,24 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     return record
 
 
+def _train_job(opts: dict, folder: Path, out: Path, *, cpu: bool, progress: bool) -> None:
+    """Train one job into ``folder/train`` unless done, resuming a killed run; its time in ``train_time.json``."""
+    from cat_adapter.config import build_config
+    from cat_adapter.training.loop import train
+
+    train_dir = folder / "train"
+    if cpu:
+        opts["cpu"] = True
+    opts.setdefault("cache_dir", str(out / "cache"))  # latents and prompt embeddings shared by the plan's jobs
+    resumable = (train_dir / "config.yaml").is_file()
+    opts.update(resume=resumable, overwrite=False)
+    if not (train_dir / DONE).is_file():
+        t0 = time.perf_counter()
+        train(build_config(overrides=opts), progress=progress)
+        write_json_atomic(folder / "train_time.json", {"seconds": round(time.perf_counter() - t0, 2),
+                                                       "resumed": resumable})
+
+
 def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: bool = False) -> dict:
     """One adapter for a group's member concepts (``--concepts``), then every member evaluated with its own prompt
     files plus the confusion report (``evaluate_concepts``); ``eval/metrics.json`` holds the members' means."""
@@ -231,9 +238,7 @@ def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progres
     import yaml
 
     from cat_adapter.adapters import load_adapter
-    from cat_adapter.config import build_config
     from cat_adapter.evaluation.evaluate import evaluate_concepts
-    from cat_adapter.training.loop import train
 
     group, variant = plan.concept(job.concept), plan.variant(job.variant)
     members = [plan.concept(m) for m in group.members]
@@ -253,17 +258,8 @@ def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progres
             entry["preserve_pool"] = str(pool)
         entries.append(entry)
     write_text_atomic(folder / "concepts.yaml", yaml.safe_dump({"concepts": entries}, sort_keys=False))
-    opts = train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml")
-    if cpu:
-        opts["cpu"] = True
-    opts.setdefault("cache_dir", str(out / "cache"))
-    resumable = (train_dir / "config.yaml").is_file()
-    opts.update(resume=resumable, overwrite=False)
-    if not (train_dir / DONE).is_file():
-        t0 = time.perf_counter()
-        train(build_config(overrides=opts), progress=progress)
-        write_json_atomic(folder / "train_time.json", {"seconds": round(time.perf_counter() - t0, 2),
-                                                       "resumed": resumable})
+    _train_job(train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml"),
+               folder, out, cpu=cpu, progress=progress)
     record: dict = {"job": job.id, "concept": job.concept, "variant": job.variant, "seed": job.seed,
                     "concept_kind": "group", "members": group.members, "method": variant.method,
                     "options": variant.options, "sweep": variant.sweep, **_train_profile(train_dir, folder)}
