@@ -225,7 +225,7 @@ GROUP_PLAN = """
 concepts:
   - {name: sks_circle, spec: {class_noun: circle, trigger: sks, num_images: 3, appearance: {fill: blue, pattern: stripes, pattern_color: yellow, outline: black}}}
   - {name: qlo_triangle, spec: {class_noun: triangle, trigger: qlo, num_images: 3, appearance: {fill: red, pattern: solid, outline: blue}}}
-  - {name: pair, group: [sks_circle, qlo_triangle]}
+  - {name: pair, group: [sks_circle, qlo_triangle], steps: 4}
 variants:
   - {name: lora, method: lora}
   - {name: cat, method: cat, preserve_pool: concept, preserve_pool_size: 1}
@@ -249,6 +249,7 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path)
     job = out / "jobs" / "pair__cat__seed0"
     record = json.loads((job / "done.json").read_text())
     assert record["members"] == ["sks_circle", "qlo_triangle"] and record["concept_kind"] == "group"
+    assert json.loads((job / "train" / "done.json").read_text())["steps"] == 4      # the group's own steps
     adapter = json.loads((job / "train" / "adapter.json").read_text())
     assert [c["trigger"] for c in adapter["concepts"]] == ["sks", "qlo"]
     concepts = yaml.safe_load((job / "concepts.yaml").read_text())["concepts"]
@@ -264,11 +265,12 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path)
     ("{name: g, group: [sks_circle, nope]}", "'nope' is not a concept"),
     ("{name: g, group: [sks_circle]}", "two or more"),
     ("{name: g, group: [sks_circle, qlo_triangle], trigger: abc}", "member concepts"),
+    ("{name: g, group: [sks_circle, qlo_triangle], steps: 0}", "positive integer"),
 ])
 def test_bad_groups(tmp_path, entry, needle):
     from cat_adapter.compare.plan import load_plan
 
-    text = GROUP_PLAN.replace("{name: pair, group: [sks_circle, qlo_triangle]}", entry)
+    text = GROUP_PLAN.replace("{name: pair, group: [sks_circle, qlo_triangle], steps: 4}", entry)
     (tmp_path / "plan.yaml").write_text(text)
     with pytest.raises(CatAdapterError, match=needle):
         load_plan(tmp_path / "plan.yaml")

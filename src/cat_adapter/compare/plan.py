@@ -5,7 +5,7 @@ concepts:
   - {name: teapot, data: path/to/folder, trigger: sks, class_noun: teapot}
   - {name: star, spec: path/to/toy_spec.json}            # a shapes-world concept spec (or an inline mapping)
   - {name: fox, prompt: "a watercolor fox character", trigger: zq, class_noun: fox}   # tco only
-  - {name: both, group: [teapot, star]}                  # one adapter for both concepts (lora and cat variants)
+  - {name: both, group: [teapot, star], steps: 1200}     # one adapter for both (lora, cat); steps: optional override
 variants:
   - {name: lora, method: lora}
   - {name: cat, method: cat, cat_alpha: [0.5, 1.0]}      # one variant per value
@@ -32,7 +32,7 @@ from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import read_yaml
 
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
-CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "trigger", "class_noun", "caption_template", "preserve_pool",
+CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "steps", "trigger", "class_noun", "caption_template", "preserve_pool",
                 "prompts", "control_prompts")
 EVAL_KEYS = ("clip", "prompts", "control_prompts", "images_per_prompt", "sample_steps", "guidance_scale", "resolution",
              "batch_size", "seed", "drift_samples", "lora_scale", "clip_batch_size")
@@ -56,6 +56,7 @@ class Concept:
     prompts: Path | None = None        # held-out {trigger} prompts for evaluation
     control_prompts: Path | None = None
     members: list[str] | None = None   # a group: the concepts one adapter trains on together
+    steps: int | None = None           # a group's training steps (e.g. the members' steps x their number)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -209,8 +210,14 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
             concept.data = _path(root, c["data"], source, f"{where}.data")
             if not concept.data.is_dir():
                 raise _err(source, f"{where}.data", f"{concept.data}: concept folder does not exist")
+        if "steps" in c and kind != "group":
+            raise _err(source, f"{where}.steps", "is for groups (one concept's steps are a variant or shared option)")
         if kind == "group":
             concept.members = c["group"]
+            if "steps" in c:
+                if not isinstance(c["steps"], int) or isinstance(c["steps"], bool) or c["steps"] < 1:
+                    raise _err(source, f"{where}.steps", f"must be a positive integer (got {c['steps']!r})")
+                concept.steps = c["steps"]
             for k in ("trigger", "class_noun", "caption_template", "preserve_pool", "prompts", "control_prompts"):
                 if k in c:
                     raise _err(source, f"{where}.{k}", "belongs to the group's member concepts, not to the group")
@@ -322,6 +329,8 @@ def train_options(plan: Plan, concept: Concept, variant: Variant, seed: int, out
         if opts.get("preserve_pool") == "concept":
             del opts["preserve_pool"]   # each member's pool is in the concepts file
         opts.pop("caption_template", None)  # the members' (or shared) template is in the concepts file
+        if concept.steps:
+            opts["steps"] = concept.steps
         opts.update(concepts=str(concepts_file or "group-concepts.yaml"), seed=seed, output=str(output))
         return opts
     if opts.get("preserve_pool") == "concept":
