@@ -189,8 +189,9 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     data = inputs["data"]
     if not job.is_base:
         variant = plan.variant(job.variant)
-        _train_job(train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool")),
-                   folder, out, cpu=cpu, progress=progress)
+        opts = train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool"))
+        check_pool_controls(opts, [inputs.get("control_prompts")], plan.source)
+        _train_job(opts, folder, out, cpu=cpu, progress=progress)
         record.update(method=variant.method, options=variant.options, sweep=variant.sweep,
                       **_train_profile(train_dir, folder))
         if concept.kind == "prompt":  # TCO alone: identity against its first iteration's chosen cluster
@@ -210,6 +211,26 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
                   package_version=cat_adapter.__version__)
     write_json_atomic(folder / DONE, record)
     return record
+
+
+def check_pool_controls(opts: dict, control_files: list, source: str) -> None:
+    """``preserve_pool: auto`` must share no prompt with the evaluation's control prompts: leakage on a prompt the
+    preservation term trained on would measure memorised preservation, not generalisation."""
+    if opts.get("preserve_pool") != "auto":
+        return
+    from cat_adapter.config import build_config
+    from cat_adapter.data.auto_pool import shared_with
+    from cat_adapter.data.concept import load_prompt_file
+    from cat_adapter.methods.cat.loss import load_pool
+
+    pool = load_pool(build_config(overrides=dict(opts)))
+    for f in control_files:
+        if f:
+            shared = shared_with(pool, load_prompt_file(f, "control_prompts"))
+            if shared:
+                raise CatAdapterError(f"{source}: preserve_pool auto shares {len(shared)} prompt(s) with the control "
+                                      f"prompts of {f} ({shared[0]!r}...); leakage must be measured on held-out "
+                                      "prompts: change the control prompts or --preserve-pool-nouns")
 
 
 def _train_job(opts: dict, folder: Path, out: Path, *, cpu: bool, progress: bool) -> None:
@@ -258,8 +279,9 @@ def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progres
             entry["preserve_pool"] = str(pool)
         entries.append(entry)
     write_text_atomic(folder / "concepts.yaml", yaml.safe_dump({"concepts": entries}, sort_keys=False))
-    _train_job(train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml"),
-               folder, out, cpu=cpu, progress=progress)
+    opts = train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml")
+    check_pool_controls(opts, [inputs[m.name].get("control_prompts") for m in members], plan.source)
+    _train_job(opts, folder, out, cpu=cpu, progress=progress)
     record: dict = {"job": job.id, "concept": job.concept, "variant": job.variant, "seed": job.seed,
                     "concept_kind": "group", "members": group.members, "method": variant.method,
                     "options": variant.options, "sweep": variant.sweep, **_train_profile(train_dir, folder)}

@@ -31,7 +31,10 @@ class PreservationOptions:
                         "preservation passes (memory near LoRA's); fast runs the adapted denoiser once on "
                         "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
     preserve_pool: str | None = opt(None, "Text file of extra trigger-free prompts (one per line) that the "
-                                    "preservation term also covers (other classes, other attributes).")
+                                    "preservation term also covers (other classes, other attributes); auto: built "
+                                    "from the caption template with other class nouns and attributes (README).")
+    preserve_pool_nouns: str | None = opt(None, "With --preserve-pool auto: a file of class nouns (one per line) to "
+                                          "swap in, instead of the built-in list (the toy world: its shapes).")
     preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
                                   "terms are averaged with the caption's.")
 
@@ -56,6 +59,8 @@ class PreservationOptions:
         check(self.cat_every >= 1, "--cat-every", f"must be >= 1 (got {self.cat_every}); 1 runs the term every step")
         check(0 < self.cat_fraction <= 1, "--cat-fraction", f"must be in (0, 1] (got {self.cat_fraction})")
         check(self.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
+        check(self.preserve_pool_nouns is None or self.preserve_pool == "auto", "--preserve-pool-nouns",
+              "is read with --preserve-pool auto only")
         from cat_adapter.methods import registry
 
         active = "preservation" in registry.active_terms(registry.get_spec(cfg.method.method), cfg)

@@ -38,9 +38,21 @@ def load_pool(cfg) -> list[str] | None:
     from cat_adapter.errors import CatAdapterError
 
     specs = concept_specs(cfg.data)
-    files = [(cfg.preservation.preserve_pool, "--preserve-pool")] + \
-        [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
+    p = cfg.preservation
     prompts: list[str] = []
+    files = [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
+    if p.preserve_pool == "auto":
+        from cat_adapter.data.auto_pool import auto_pool
+
+        nouns = load_prompt_file(p.preserve_pool_nouns, "--preserve-pool-nouns") if p.preserve_pool_nouns else None
+        prompts += auto_pool(specs, toy=cfg.model.model.strip().lower() == "toy", nouns=nouns)
+        for x in prompts:
+            hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
+            if hit:
+                raise CatAdapterError(f"--preserve-pool auto: prompt {x!r} contains the trigger '{hit}'; remove that "
+                                      "noun from --preserve-pool-nouns")
+    else:
+        files.insert(0, (p.preserve_pool, "--preserve-pool"))
     for path, option in files:
         if not path:
             continue
