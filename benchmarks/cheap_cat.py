@@ -4,7 +4,7 @@ Reads a finished compare folder of ``benchmarks/plans/cheap_cat.yaml`` and pairs
 CAT of the same (concept, seed). Retained effect = (drift_lora - drift_variant) / (drift_lora - drift_cat), where
 drift_plain is the evaluation's mean squared difference between the adapted and base predictions on trigger-free
 prompts; 1 keeps all of full CAT's reduction, 0 none. Mean ± 95% interval over the pairs, with base fidelity, KPS,
-identity score and the training step time beside it (step times from runs sharing the machine two at a time:
+identity score and the mean training step time beside it (from log.jsonl; runs shared the machine two at a time:
 compare them with benchmarks/cat_cost.py's side-by-side figures, not across machines).
 
     python benchmarks/cheap_cat.py runs/cheap_cat        # -> benchmarks/results/cheap_cat.{json,md}
@@ -26,6 +26,8 @@ def load_jobs(folder: Path) -> dict[tuple[str, str, int], dict]:
         if d.get("variant") == "base" or d.get("seed") is None:
             continue
         m = json.loads((done.parent / d["metrics"]).read_text())
+        log = [json.loads(ln) for ln in (done.parent / "train" / "log.jsonl").read_text().splitlines() if ln.strip()]
+        d["step_s"] = sum(r["seconds"] for r in log) / len(log)   # the mean: a median hides --cat-every's CAT steps
         jobs[(d["concept"], d["variant"], int(d["seed"]))] = {**d, **{k: m.get(k) for k in (
             "drift_plain", "base_fidelity", "kps", "identity_score", "prompt_score", "concept_rate_trigger")}}
     return jobs
@@ -66,7 +68,7 @@ def main() -> None:
                    "d_identity_vs_cat": mean_ci95(d_id),
                    "step_s": mean_ci95([j["step_s"] for j in mine])}
     lines = ["| variant | retained drift reduction | drift_plain | base fidelity | KPS | identity | "
-             "Δ identity vs CAT | step s (shared machine) |", "|---|---|---|---|---|---|---|---|"]
+             "Δ identity vs CAT | mean step s (shared machine) |", "|---|---|---|---|---|---|---|---|"]
     for v, r in rows.items():
         lines.append(f"| {v} | {fmt(*r['retained'], 2)} | {fmt(*r['drift_plain'], 4)} | {fmt(*r['base_fidelity'])} | "
                      f"{fmt(*r['kps'])} | {fmt(*r['identity_score'])} | {fmt(*r['d_identity_vs_cat'])} | "

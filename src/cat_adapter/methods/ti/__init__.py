@@ -11,7 +11,7 @@ def _check(cfg, given: set[str]) -> None:
         raise CatAdapterError("--prior-preservation does not apply to --method ti: it trains no denoiser weights, "
                               "so class images have nothing to preserve")
     if cfg.preservation.on:
-        raise CatAdapterError(f"--cat-alpha {cfg.preservation.cat_alpha} does not apply to --method ti: a prompt without the trigger never "
+        raise CatAdapterError(f"--cat-alpha {'auto' if cfg.preservation.auto else '> 0'} does not apply to --method ti: a prompt without the trigger never "
                               "reads the new token, so the trigger-free prediction cannot change")
 
 
