@@ -25,7 +25,7 @@ from cat_adapter.config import TrainConfig, bucket_sides, config_from_dict, resu
 from cat_adapter.data.buckets import bucket_sizes
 from cat_adapter.data.cache import StreamSampler, bucket_record, build_cache
 from cat_adapter.data.concept import ConceptItem
-from cat_adapter.data.concepts import concept_specs, load_concepts, per_token_plain
+from cat_adapter.data.concepts import ConceptSpec, concept_specs, load_concepts, per_token_plain
 from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger
 from cat_adapter.errors import CatAdapterError
@@ -65,6 +65,7 @@ class Session:
     generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
     ema: Any = None                  # diffusers' EMAModel over the method's parameters (--ema-decay)
     tracking: bool = False           # --report-to: trackers were started
+    concepts: list = None            # the run's ConceptSpecs (--concepts, or the one of --data)
     cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
 
 
@@ -92,7 +93,7 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     out, run = Path(cfg.run.output), cfg.run
     mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
                                overwrite=run.overwrite, resume=run.resume)
-    items, inputs = check_inputs(cfg)
+    items, inputs, specs = check_inputs(cfg)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
     if mode == "resume":
         check_resume(cfg, out, checkpoints)
@@ -107,9 +108,8 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
         raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
     try:
         t0 = time.perf_counter()
-        s = setup(cfg, items, inputs, accelerator, prepare_folder=lambda: prepare_output(cfg, items, mode, checkpoints,
-                                                                                      accelerator),
-                  init_state=init_state)
+        s = setup(cfg, items, inputs, accelerator, specs=specs, init_state=init_state,
+                  prepare_folder=lambda: prepare_output(cfg, items, specs, mode, checkpoints, accelerator))
         s.tracking = trackers.start(accelerator, cfg)
         if checkpoints:
             resume(s, checkpoints[-1])
@@ -126,9 +126,9 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     return out
 
 
-def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict]:
-    """Cheap checks on every input before any model is loaded; returns every concept's items (in concept order)
-    and the terms' inputs."""
+def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict, list[ConceptSpec]]:
+    """Cheap checks on every input before any model is loaded; returns every concept's items (in concept order),
+    the terms' inputs and the concepts (read once: the run records what it read)."""
     d = cfg.data
     specs = concept_specs(d)
     items = [it for group in load_concepts(specs, missing_trigger=d.caption_missing_trigger,
@@ -140,7 +140,7 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict]:
         raise CatAdapterError(f"--validation-prompt {cfg.run.validation_prompt!r} lacks the trigger "
                               f"{' or '.join(repr(c.trigger) for c in specs)}; the grid compares it with its "
                               "trigger-free form")
-    return items, inputs
+    return items, inputs, specs
 
 
 def term_classes(cfg: TrainConfig) -> list:
@@ -165,7 +165,8 @@ def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
                               f"({checkpoint_step(checkpoints[-1])}); give at least that many steps")
 
 
-def prepare_output(cfg: TrainConfig, items: list[ConceptItem], mode: str, checkpoints: list[Path], accelerator) -> None:
+def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[ConceptSpec], mode: str,
+                   checkpoints: list[Path], accelerator) -> None:
     """Remove, create and fill the output folder: the main process only; the others wait for it."""
     out = Path(cfg.run.output)
     if accelerator.is_main_process:
@@ -181,7 +182,6 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], mode: str, checkp
         # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
         save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
         if not checkpoints:
-            specs = concept_specs(cfg.data)
             write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "concept": specs[it.concept].name,
                                                       "caption": it.caption, "plain": it.plain,
                                                       "caption_source": it.caption_source} for it in items])
@@ -209,12 +209,13 @@ def portable(cfg: TrainConfig) -> TrainConfig:
 
 
 def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator, *, prepare_folder=None,
-          init_state: dict[str, torch.Tensor] | None = None) -> Session:
+          init_state: dict[str, torch.Tensor] | None = None, specs: list[ConceptSpec] | None = None) -> Session:
     """Frozen model, output folder, class images, caches, method (adds its parts), optimizer, LR schedule, stream."""
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
     m, d, o, run = cfg.model, cfg.data, cfg.optim, cfg.run
+    specs = specs if specs is not None else concept_specs(d)
     set_seed(run.seed)  # LoRA init draws from the global generator: identical on every rank
     weight_dtype = MIXED[run.mixed_precision]
     model = load_model(ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle), dtype=weight_dtype)
@@ -265,7 +266,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                             num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
     seed_model_randomness(run.seed, accelerator.process_index)
-    return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype,
+    return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
 
@@ -342,7 +343,7 @@ def validate(s: Session, path: Path, step: int) -> None:
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
     validation_grid(s.method, prompt_trigger=run.validation_prompt,
-                    prompt_plain=per_token_plain(run.validation_prompt, concept_specs(d), d.preserve_prompt),
+                    prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
                     num_images=run.validation_images, steps=run.validation_steps,
                     guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
                     autocast=s.accelerator.autocast())
@@ -468,7 +469,7 @@ def write_adapter(s: Session, folder: Path, exported: list) -> Path:
 
     d = s.cfg.data
     return write_adapter_json(folder, method=s.method.name, model=s.model, exported=exported,
-                              concepts=[c.record(d.preserve_prompt) for c in concept_specs(d)])
+                              concepts=[c.record(d.preserve_prompt) for c in s.concepts])
 
 
 def finish(s: Session, t0: float) -> None:
