@@ -224,3 +224,23 @@ def test_shards_partition_the_sorted_jobs():
     parts = [shard(all_jobs, (i, 3)) for i in (1, 2, 3)]
     assert [j.id for j in parts[0]] == ["j0", "j3", "j6"]
     assert sorted(j.id for p in parts for j in p) == [j.id for j in all_jobs]
+
+
+def test_a_shard_that_finds_another_shards_marker_being_written_goes_on(world, tmp_path):
+    """Two shards started together: one may see the other's temporary plan.json before its rename (the cause of
+    a rare failure of the two-shard test); that is not a foreign folder. A folder with anything else still is."""
+    from cat_adapter.compare.plan import load_plan
+    from cat_adapter.compare.run import prepare_folder
+    from cat_adapter.errors import CatAdapterError
+
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", world))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".plan.json.abc123.tmp").write_text("{")      # the other shard's marker, half written
+    prepare_folder(plan, out)
+    assert json.loads((out / "plan.json").read_text())["source"] == plan.source
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "stray.txt").write_text("x")
+    with pytest.raises(CatAdapterError, match="not a compare folder"):
+        prepare_folder(plan, other)

@@ -236,16 +236,17 @@ evaluation: {clip: toy, images_per_prompt: 1, sample_steps: 2, guidance_scale: 2
 """
 
 
-def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path):
+def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path, monkeypatch):
     from cat_adapter.compare.plan import jobs, load_plan
 
+    monkeypatch.chdir(tmp_path)   # a relative --output: the group's concepts file must still find the folders
     (tmp_path / "plan.yaml").write_text(GROUP_PLAN)
     plan = load_plan(tmp_path / "plan.yaml")
     ids = [j.id for j in jobs(plan)]
     assert "pair__lora__seed0" in ids and "pair__cat__seed0" in ids
     assert "pair__ti__seed0" not in ids and "pair__base" not in ids      # TI takes one concept; no group base
     out = tmp_path / "out"
-    assert cli_main(["compare", "--plan", str(tmp_path / "plan.yaml"), "--output", str(out), "--cpu"]) == 0
+    assert cli_main(["compare", "--plan", "plan.yaml", "--output", "out", "--cpu"]) == 0
     job = out / "jobs" / "pair__cat__seed0"
     record = json.loads((job / "done.json").read_text())
     assert record["members"] == ["sks_circle", "qlo_triangle"] and record["concept_kind"] == "group"

@@ -74,7 +74,9 @@ def prepare_folder(plan: Plan, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CatAdapterError(f"--output {out}: is a file; give a folder")
     marker = out / MARKER
-    if out.is_dir() and any(out.iterdir()):
+    # another shard writing the marker leaves only its temporary file (".plan.json.*.tmp"): not foreign content
+    pending = (lambda e: e.name.startswith(f".{MARKER}.") and e.name.endswith(".tmp"))
+    if out.is_dir() and any(not pending(e) for e in out.iterdir()):
         if not marker.is_file():
             raise CatAdapterError(f"--output {out}: not a compare folder (no {MARKER}); choose a new or empty folder")
         saved = json.loads(marker.read_text())
@@ -271,12 +273,14 @@ def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progres
     template = plan.shared.get("caption_template")
     entries = []
     for m in members:
-        entry = {"name": m.name, "data": str(inputs[m.name]["data"]), "trigger": m.trigger, "class_noun": m.class_noun}
+        # absolute: the file lies in the job folder, and a concepts file's relative paths are relative to it
+        entry = {"name": m.name, "data": str(Path(inputs[m.name]["data"]).resolve()), "trigger": m.trigger,
+                 "class_noun": m.class_noun}
         if m.caption_template or template:
             entry["caption_template"] = m.caption_template or template
         pool = inputs[m.name].get("pool") or m.preserve_pool
         if concept_pool and pool:
-            entry["preserve_pool"] = str(pool)
+            entry["preserve_pool"] = str(Path(pool).resolve())
         entries.append(entry)
     write_text_atomic(folder / "concepts.yaml", yaml.safe_dump({"concepts": entries}, sort_keys=False))
     opts = train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml")
