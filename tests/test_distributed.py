@@ -81,3 +81,20 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(runs, tmp_path):
     assert not (tmp_path / "nan" / "pytorch_lora_weights.safetensors").exists()
     log = [json.loads(x)["step"] for x in (tmp_path / "nan" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2]  # rank 0 did not step on rank 1's NaN gradients
+
+
+def test_constrained_alpha_is_the_same_on_every_rank_and_matches_one_process(runs, tmp_path):
+    """--cat-alpha auto: the dual update reads the term averaged over ranks, so two processes with batch 1 move
+    alpha as one process with batch 2 does (and their weights agree up to all-reduce rounding)."""
+    kw = {**runs["kw"], "output": str(tmp_path / "two"), "cat_alpha": "auto", "preservation_target": 1e-6,
+          "cat_alpha_lr": 0.01, "checkpoint_every": 0}
+    proc = launch(kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = train(build_config(overrides={**kw, "output": str(tmp_path / "one"), "batch_size": 2}), progress=False)
+    alphas = [[json.loads(x)["cat_alpha"] for x in (p / "log.jsonl").read_text().splitlines()]
+              for p in (tmp_path / "two", one)]
+    assert alphas[0][0] == 1.0 and alphas[0][-1] != 1.0
+    assert alphas[0] == pytest.approx(alphas[1], rel=1e-3)
+    a, b = weights(tmp_path / "two"), weights(one)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
