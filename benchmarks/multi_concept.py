@@ -1,0 +1,85 @@
+"""Several concepts in one adapter on the toy world: the acceptance figures from a finished compare folder of
+``benchmarks/plans/multi_concept.yaml``.
+
+For each group (trio: three classes; hearts: one class) and variant (lora, cat), per seed: each trigger's own
+concept rate (the confusion diagonal: share of its trigger images with its own look), the largest share of
+another concept's look (off-diagonal), each member's class-prompt concept rate, and the single-concept adapter's
+rate with the same steps per concept (same variant and seed). Targets:
+- trio under CAT: own rate >= 0.25 and >= 0.8 x the single-concept CAT rate; off-diagonal <= 0.10; class rate <= 0.05;
+- hearts under CAT: own rate >= 0.5 x the single-concept CAT rate; looks mix no more often than under LoRA.
+
+    python benchmarks/multi_concept.py runs/multi_concept     # -> benchmarks/results/multi_concept.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def load(folder: Path) -> tuple[dict, dict]:
+    groups, singles = {}, {}
+    for done in sorted((folder / "jobs").glob("*/done.json")):
+        d = json.loads(done.read_text())
+        if d.get("seed") is None:
+            continue
+        m = json.loads((done.parent / d["metrics"]).read_text())
+        key = (d["concept"], d["variant"], d["seed"])
+        (groups if d.get("concept_kind") == "group" else singles)[key] = m
+    return groups, singles
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "multi_concept")
+    a = p.parse_args()
+    groups, singles = load(a.folder)
+    rows, out = [], {}
+    lines = ["| group | variant | seed | member | own rate (single) | own / single | largest other look | class rate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (group, variant, seed), m in sorted(groups.items()):
+        names = m["concepts"]
+        matrix = m["confusion"]["matrix"]
+        for i, name in enumerate(names):
+            own = matrix[i][i]
+            single = singles.get((name, variant.split(" [")[0], seed), {}).get("concept_rate_trigger")
+            other = max((matrix[i][j] for j in range(len(names)) if j != i and matrix[i][j] is not None), default=None)
+            cls = m["per_concept"][name].get("concept_rate_class")
+            ratio = own / single if single else None
+            rows.append({"group": group, "variant": variant, "seed": seed, "member": name, "own": own,
+                         "single": single, "ratio": ratio, "other": other, "class_rate": cls})
+            lines.append(f"| {group} | {variant} | {seed} | {name} | {own:.3f} ({'-' if single is None else f'{single:.3f}'}) | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}'} | {other:.3f} | {cls:.3f} |")
+
+    def sel(group, variant):
+        return [r for r in rows if r["group"] == group and r["variant"] == variant]
+
+    checks = {}
+    trio = sel("trio", "cat")
+    if trio:
+        checks["trio: own >= 0.25"] = all(r["own"] >= 0.25 for r in trio)
+        checks["trio: own >= 0.8 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.8 for r in trio)
+        checks["trio: other look <= 0.10"] = all(r["other"] <= 0.10 for r in trio)
+        checks["trio: class rate <= 0.05"] = all(r["class_rate"] <= 0.05 for r in trio)
+    hearts, hearts_lora = sel("hearts", "cat"), sel("hearts", "lora")
+    if hearts:
+        checks["hearts: own >= 0.5 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.5 for r in hearts)
+        if hearts_lora:
+            mix_cat = statistics.fmean(r["other"] for r in hearts)
+            mix_lora = statistics.fmean(r["other"] for r in hearts_lora)
+            checks["hearts: mixing (mean other look) cat <= lora"] = mix_cat <= mix_lora
+            out["hearts_mixing"] = {"cat": mix_cat, "lora": mix_lora}
+    out.update(rows=rows, checks=checks)
+    lines += ["", *[f"- {k}: {'holds' if v else 'FAILS'}" for k, v in checks.items()]]
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    a.output.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    a.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {a.output.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
