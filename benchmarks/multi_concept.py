@@ -72,8 +72,19 @@ def main() -> None:
             mix_lora = statistics.fmean(r["other"] for r in hearts_lora)
             checks["hearts: mixing (mean other look) cat <= lora"] = mix_cat <= mix_lora
             out["hearts_mixing"] = {"cat": mix_cat, "lora": mix_lora}
-    out.update(rows=rows, checks=checks)
-    lines += ["", *[f"- {k}: {'holds' if v else 'FAILS'}" for k, v in checks.items()]]
+    means = []
+    lines += ["", "Means over seeds:", "", "| group | variant | member | own rate | single-concept rate | ratio of means | "
+              "largest other look | class rate |", "|---|---|---|---|---|---|---|---|"]
+    for group, variant, member in dict.fromkeys((r["group"], r["variant"], r["member"]) for r in rows):
+        rs = [r for r in rows if (r["group"], r["variant"], r["member"]) == (group, variant, member)]
+        own, other, cls = (statistics.fmean(r[k] for r in rs) for k in ("own", "other", "class_rate"))
+        single = statistics.fmean(r["single"] for r in rs) if all(r["single"] is not None for r in rs) else None
+        means.append({"group": group, "variant": variant, "member": member, "own": own, "single": single,
+                      "other": other, "class_rate": cls})
+        lines.append(f"| {group} | {variant} | {member} | {own:.3f} | {'-' if single is None else f'{single:.3f}'} | "
+                     f"{'-' if not single else f'{own / single:.2f}'} | {other:.3f} | {cls:.3f} |")
+    out.update(rows=rows, means=means, checks=checks)
+    lines += ["", "Per-seed checks:", "", *[f"- {k}: {'holds' if v else 'FAILS'}" for k, v in checks.items()]]
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.with_suffix(".json").write_text(json.dumps(out, indent=1))
     a.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
