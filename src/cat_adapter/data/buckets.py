@@ -23,11 +23,12 @@ Size = tuple[int, int]  # (width, height) in pixels
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one image goes: its bucket, its size after EXIF orientation, and the crop's top-left corner in
-    the image scaled to cover the bucket."""
+    """Where one image goes: its bucket, its size after EXIF orientation, the size it is scaled to (covering the
+    bucket) and the crop's top-left corner in that scaled image."""
 
     bucket: Size
     original: Size
+    resized: Size
     crop: Size  # (left, top)
 
 
@@ -56,14 +57,13 @@ def place(size: Size, bucket: Size) -> Placement:
     (w, h), (bw, bh) = size, bucket
     scale = max(bw / w, bh / h)
     nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
-    return Placement(bucket, (w, h), ((nw - bw) // 2, (nh - bh) // 2))
+    return Placement(bucket, (w, h), (nw, nh), ((nw - bw) // 2, (nh - bh) // 2))
 
 
 def fit(img: Image.Image, placement: Placement) -> Image.Image:
     """The image resized (bicubic) and cropped as ``placement`` says."""
-    (w, h), (bw, bh), (left, top) = img.size, placement.bucket, placement.crop
-    if (w, h) != placement.original:
-        raise ValueError(f"image is {w}x{h}, the placement was made for {placement.original}")
-    scale = max(bw / w, bh / h)
-    img = img.resize((max(bw, round(w * scale)), max(bh, round(h * scale))), Image.Resampling.BICUBIC)
+    (bw, bh), (left, top) = placement.bucket, placement.crop
+    if img.size != placement.original:
+        raise ValueError(f"image is {img.size[0]}x{img.size[1]}, the placement was made for {placement.original}")
+    img = img.resize(placement.resized, Image.Resampling.BICUBIC)
     return img.crop((left, top, left + bw, top + bh))

@@ -254,7 +254,9 @@ def evaluate_concepts(o: EvalOptions, adapter, out: Path, options_for=None) -> P
         def options_for(name: str, output: Path) -> EvalOptions:
             return replace(o, concept=name, data=folders[name], output=str(output), overwrite=False,
                            label=f"{label}:{name}")
-    toy = o.model.strip().lower() == "toy"
+    from cat_adapter.toy.assets import is_toy_model
+
+    toy = is_toy_model(o.model)
     with atomic_dir(out) as tmp, shared.shared_objects():
         per: dict[str, dict] = {}
         for name in names:

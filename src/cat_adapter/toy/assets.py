@@ -13,6 +13,13 @@ from pathlib import Path
 from cat_adapter.errors import CatAdapterError
 
 TOY = "toy"
+
+
+def is_toy_model(spec: str | None) -> bool:
+    """Whether ``--model`` names the shipped shapes-world model (whose vocabulary and pixel reader apply)."""
+    return bool(spec) and spec.strip().lower() == TOY
+
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 

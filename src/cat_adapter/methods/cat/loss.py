@@ -39,29 +39,26 @@ def load_pool(cfg) -> list[str] | None:
 
     specs = concept_specs(cfg.data)
     p = cfg.preservation
-    prompts: list[str] = []
-    files = [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
+    # (prompt, where it came from, what to do about a trigger in it)
+    sources: list[tuple[str, str, str]] = []
     if p.preserve_pool == "auto":
         from cat_adapter.data.auto_pool import auto_pool
+        from cat_adapter.toy.assets import is_toy_model
 
         nouns = load_prompt_file(p.preserve_pool_nouns, "--preserve-pool-nouns") if p.preserve_pool_nouns else None
-        prompts += auto_pool(specs, toy=cfg.model.model.strip().lower() == "toy", nouns=nouns)
-        for x in prompts:
-            hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
-            if hit:
-                raise CatAdapterError(f"--preserve-pool auto: prompt {x!r} contains the trigger '{hit}'; remove that "
-                                      "noun from --preserve-pool-nouns")
-    else:
-        files.insert(0, (p.preserve_pool, "--preserve-pool"))
+        sources += [(x, f"--preserve-pool auto: prompt {x!r}", "remove that noun from --preserve-pool-nouns")
+                    for x in auto_pool(specs, toy=is_toy_model(cfg.model.model), nouns=nouns)]
+    files = ([] if p.preserve_pool == "auto" else [(p.preserve_pool, "--preserve-pool")]) + \
+        [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
     for path, option in files:
-        if not path:
-            continue
-        for i, x in enumerate(load_prompt_file(path, option)):
-            hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
-            if hit:
-                raise CatAdapterError(f"{option} {path}: prompt {i + 1} {x!r} contains the trigger '{hit}'; the pool "
-                                      "must be trigger-free")
-            prompts.append(x)
+        if path:
+            sources += [(x, f"{option} {path}: prompt {i + 1} {x!r}", "the pool must be trigger-free")
+                        for i, x in enumerate(load_prompt_file(path, option))]
+    for x, where, remedy in sources:
+        hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
+        if hit:
+            raise CatAdapterError(f"{where} contains the trigger '{hit}'; {remedy}")
+    prompts = [x for x, _, _ in sources]
     return prompts or None
 
 
