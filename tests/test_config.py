@@ -15,7 +15,7 @@ def test_defaults_are_the_papers():
     assert (cfg.optim.lr, cfg.optim.steps, cfg.optim.weight_decay) == (1e-4, 600, 0.01)
     assert (cfg.optim.adam_beta1, cfg.optim.adam_beta2, cfg.optim.adam_epsilon) == (0.9, 0.999, 1e-8)
     assert cfg.preservation.cat_alpha == 1.0 and cfg.method.method == "cat"
-    assert cfg.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert cfg.lora.target_modules is None  # the model family's default (SD: to_q, to_k, to_v, to_out.0)
 
 
 def test_file_then_flags(tmp_path):

@@ -67,6 +67,10 @@ def test_two_process_resume_equals_the_straight_run(runs):
 
 
 def test_only_the_main_process_writes_the_output_folder(runs):
+    import yaml
+
+    assert yaml.safe_load((runs["two"] / "config.yaml").read_text())["num_processes"] == 2   # the launch's world size
+    assert yaml.safe_load((runs["one"] / "config.yaml").read_text())["num_processes"] == 1
     log = [json.loads(x) for x in (runs["two"] / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == [1, 2, 3, 4]  # no rank truncated or doubled it
     log = [json.loads(x) for x in (runs["resumed"] / "log.jsonl").read_text().splitlines()]

@@ -151,9 +151,10 @@ def _from_json(folder: Path, option: str) -> Adapter:
 def _from_folder(folder: Path, allow_pickle: bool, option: str) -> Adapter:
     """A folder another tool wrote: diffusers LoRA, learned embeddings, a U-Net folder, or one weight file."""
     kinds, files = [], {}
-    if (folder / "unet" / "config.json").is_file():
+    denoiser = next((folder / d for d in ("unet", "transformer") if (folder / d / "config.json").is_file()), None)
+    if denoiser is not None:
         kinds.append("full")
-        files["denoiser"] = folder / "unet"
+        files["denoiser"] = denoiser
         if (folder / "model_index.json").is_file() and (folder / "text_encoder").is_dir():
             log.warning("%s %s is a whole pipeline; only its unet/ is loaded as the adapter (a fine-tuned "
                         "text_encoder/ there is not); pass it as --model to use all of it", option, folder)
@@ -193,21 +194,22 @@ def _from_file(f: Path, allow_pickle: bool, option: str) -> Adapter:
     if any(("lora_A" in k or "lora_B" in k or "lora.down" in k or "lora.up" in k or "lora_down" in k) for k in keys):
         return Adapter(f, ["lora"], {"lora": f}, "diffusers LoRA file")
     if 0 < len(keys) <= 2 and all(len(s) in (1, 2) for s in shapes.values()):
-        if set(keys) & {"clip_l", "clip_g"}:
-            raise CatAdapterError(f"{option} {f}: SDXL embeddings (clip_l/clip_g); this version loads SD 1.x/2.x")
-        tokens = {k: k for k in keys}
+        sdxl = set(keys) == {"clip_l", "clip_g"}   # one token's rows for each SDXL encoder; the token is the stem
+        tokens = {f.stem: f.stem} if sdxl else {k: k for k in keys}
         sibling = f.parent / ADAPTER_JSON
         if sibling.is_file():  # ours: its trigger -> token mapping (sks -> <sks>) and concept apply to the file too
             try:
                 record = json.loads(sibling.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 record = {}
-            if f.name in (record.get("files") or {}).values() and set((record.get("tokens") or {}).values()) <= set(keys):
+            if f.name in (record.get("files") or {}).values() and \
+                    (sdxl or set((record.get("tokens") or {}).values()) <= set(keys)):
                 return Adapter(f, ["tokens"], {"embeddings": f}, f"textual-inversion embeddings of {sibling}",
                                family=record.get("family"), base_model=record.get("base_model"),
                                tokens=record.get("tokens") or {}, concepts=record.get("concepts") or [],
                                method=record.get("method"))
-        return Adapter(f, ["tokens"], {"embeddings": f}, "textual-inversion embeddings", tokens=tokens)
+        return Adapter(f, ["tokens"], {"embeddings": f}, f"{'SDXL ' if sdxl else ''}textual-inversion embeddings",
+                       tokens=tokens, family="sdxl" if sdxl else None)
     raise CatAdapterError(f"{option} {f}: not a LoRA or embedding file this loader recognises (keys like "
                           f"{keys[:2]})")
 

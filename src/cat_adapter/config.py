@@ -43,6 +43,11 @@ class ModelConfig:
         "(needed offline).")
     allow_pickle: bool = opt(False, "Allow loading non-safetensors weight files (.bin/.ckpt), with "
                              "torch.load(weights_only=True). Off by default: pickles can run code.")
+    guidance: float | None = opt(None, "Flux with a guidance embedding (dev-like): the guidance value the transformer "
+                                 "is given in training (default 3.5, as diffusers' Flux scripts). An error on other "
+                                 "models.")
+    max_sequence_length: int | None = opt(None, "Flux: T5 prompt length in tokens (default: the T5 tokenizer's "
+                                          "model_max_length, at most 512). An error on other models.")
 
 
 @dataclass
@@ -115,6 +120,15 @@ class OptimConfig:
                                   "of the identity and prior terms is weighted min(SNR_t, gamma) / SNR_t (epsilon "
                                   "prediction) or / (SNR_t + 1) (v prediction). CAT's preservation term is not "
                                   "weighted. Off when unset.")
+    weighting_scheme: str = opt("none", "Flow-matching models (Flux): how timesteps are drawn and the loss weighted, "
+                                "with diffusers' names and meaning: none (uniform t), logit_normal (t = sigmoid of "
+                                "N(--logit-mean, --logit-std)), mode (skewed by --mode-scale); sigma_sqrt and cosmap "
+                                "draw t uniformly and weight each row's loss (1/sigma^2; 2/(pi(1-2 sigma+2 sigma^2))). "
+                                "CAT's preservation term is not weighted. Not for DDPM models (see --snr-gamma).",
+                                choices=("none", "logit_normal", "mode", "sigma_sqrt", "cosmap"))
+    logit_mean: float = opt(0.0, "Mean of --weighting-scheme logit_normal.")
+    logit_std: float = opt(1.0, "Standard deviation of --weighting-scheme logit_normal.")
+    mode_scale: float = opt(1.29, "Scale of --weighting-scheme mode.")
     noise_offset: float = opt(0.0, "Offset noise (Guttenberg 2023; 0.05-0.1 is usual): adds noise_offset x N(0, 1) "
                               "per image and channel to the training noise, drawn from the seeded data stream. "
                               "CAT's preservation rows share the instance rows' noised latents, offset included.")
@@ -361,8 +375,8 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
                 flat[sk] = sub_value
         elif k in index:
             flat[k] = value
-        elif k == "package_version":
-            continue  # written into OUT/config.yaml for provenance
+        elif k in ("package_version", "num_processes"):
+            continue  # written into OUT/config.yaml for provenance (the world size is accelerate's, not an option)
         else:
             raise CatAdapterError(f"{source}: unknown key '{key}' (see cat-adapter train --help)")
     return flat

@@ -38,7 +38,7 @@ def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 30, gu
     kwargs = model.pipeline_kwargs(lora_scale)
     for i in range(0, len(prompts), batch_size):
         p, s = [model.text.rewrite(x) for x in prompts[i:i + batch_size]], seeds[i:i + batch_size]
-        latents = seeded_latents(model, s, height=height, width=width).to(device, dtype)
+        latents = model.pipeline_latents(seeded_latents(model, s, height=height, width=width)).to(device, dtype)
         generators = [torch.Generator().manual_seed(int(x) + 1) for x in s]
         with torch.random.fork_rng(devices=[]):
             out = pipe(prompt=p, negative_prompt=[negative_prompt] * len(p) if negative_prompt else None,

@@ -271,7 +271,7 @@ def _variants(raw: Any, source: str, root: Path) -> list[Variant]:
                 raise _err(source, f"{where}.{k}", "is set per job by compare (concepts and seeds give it)")
         # A list value expands into one variant per value, unless the option itself is a list (target_modules).
         sweep_keys = [k for k, val in options.items() if isinstance(val, list)
-                      and not (getattr(index[k][2], "__origin__", None) is list and not any(isinstance(x, list) for x in val))]
+                      and not (_is_list_option(index[k][2]) and not any(isinstance(x, list) for x in val))]
         for k in sweep_keys:
             if not options[k]:
                 raise _err(source, f"{where}.{k}", "an empty list expands into no variant")
@@ -399,3 +399,10 @@ def fingerprint(plan: Plan) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_list_option(typ) -> bool:
+    """A list-valued option (``list[str]``, or ``list[str] | None``)."""
+    from typing import get_args, get_origin
+
+    return get_origin(typ) is list or any(get_origin(a) is list for a in get_args(typ))

@@ -23,16 +23,20 @@ class Noised:
     latents: torch.Tensor        # (B, C, h, w) z_0, already scaled
     noise: torch.Tensor          # (B, C, h, w) eps
     timesteps: torch.Tensor      # (B,) long (DDPM); flow matching will use floats
+    micro: torch.Tensor | None = None  # (B, 6) long: each image's original (h, w), crop (top, left) and target
+                                       # (h, w) in pixels: SDXL's time ids; other families ignore it
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "Noised":
         return Noised(cast_floating(self.latents, device, dtype), cast_floating(self.noise, device, dtype),
-                      cast_floating(self.timesteps, device, dtype))
+                      cast_floating(self.timesteps, device, dtype),
+                      None if self.micro is None else self.micro.to(device))
 
     def __getitem__(self, idx) -> "Noised":
-        return Noised(self.latents[idx], self.noise[idx], self.timesteps[idx])
+        return Noised(self.latents[idx], self.noise[idx], self.timesteps[idx],
+                      None if self.micro is None else self.micro[idx])
 
 
 @dataclass

@@ -25,7 +25,7 @@ from cat_adapter.data.batch import Batch, Noised, Prompts
 from cat_adapter.data.buckets import Placement, Size, fit, nearest_bucket, place
 from cat_adapter.data.concept import image_to_tensor, open_image
 from cat_adapter.data.disk_cache import file_sha256
-from cat_adapter.models.base import Cond, TokenIds
+from cat_adapter.models.base import Cond
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def encode_prompt_sets(text, sets: list[list[str]], *, device, disk=None) -> lis
             out.append(cond[pos:pos + len(s)])
             pos += len(s)
         else:
-            out.append(TokenIds(text.tokenize(s)))
+            out.append(text.token_ids(s))
     return out
 
 
@@ -323,7 +323,10 @@ class StreamSampler:
         noise = torch.randn(z0.shape, generator=g)
         t = self.objective.sample_timesteps(n, g)
         noise = self.objective.offset(noise, g)
-        return torch.tensor(images.members[bucket])[local], Noised(z0, noise, t)
+        placed = images.placements[bucket]
+        micro = torch.tensor([[*placed[j].original[::-1], *placed[j].crop[::-1], *bucket[::-1]] for j in local.tolist()],
+                             dtype=torch.long).reshape(n, 6)
+        return torch.tensor(images.members[bucket])[local], Noised(z0, noise, t, micro)
 
     def next(self) -> Batch:
         """This process's slice of the global batch of ``batch_size * num_processes`` rows."""

@@ -66,6 +66,7 @@ class Method:
         self.terms = terms
         self.cat_mode = cat_mode
         self.step = 0   # the optimizer step being taken (0-based), set by the loop: terms that skip steps read it
+        self.objective = model.objective   # the run's objective (its options set by the loop): per-row loss weights
         self.wrapped: dict[str, torch.nn.Module] = {}   # modules as accelerate prepared them
         self._dropouts = [m for n, m in model.denoiser.named_modules()
                           if isinstance(m, torch.nn.Dropout) and m.p > 0 and "lora_" not in n]

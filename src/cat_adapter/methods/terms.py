@@ -30,6 +30,7 @@ class Rows:
     weights: torch.Tensor | None = None      # per-row loss weights (--snr-gamma); None: plain mean
     frozen_cond: Callable[[], Cond] | None = None   # the frozen pass's conditioning when it is not ``cond``
                                                     # (text-encoder LoRA: y through the frozen encoder)
+    micro: torch.Tensor | None = None        # (N, 6) each row's image sizes and crop (``Noised.micro``)
 
     def __len__(self) -> int:
         return self.z_t.shape[0]
@@ -51,7 +52,7 @@ class StepInputs:
         p = self.batch.prompts[name]
         if isinstance(p, TokenIds):
             if name not in self._encoded:
-                self._encoded[name] = self.model.text.encode_ids(p.ids, self.method.wrapped.get("text_encoder"))
+                self._encoded[name] = self.model.text.encode_ids(p, self.method.wrapped)
             return self._encoded[name]
         return p
 
@@ -59,7 +60,7 @@ class StepInputs:
         """The prompts as the frozen model encodes them: call within ``method.frozen()``, where a text-encoder
         LoRA is off. Cached embeddings are already the frozen encoder's."""
         p = self.batch.prompts[name]
-        return self.model.text.encode_ids(p.ids) if isinstance(p, TokenIds) else p
+        return self.model.text.encode_ids(p) if isinstance(p, TokenIds) else p
 
 
 class Term:
@@ -91,10 +92,11 @@ def identity_loss(pred_trigger: torch.Tensor, target: torch.Tensor, weights: tor
     return mse(pred_trigger, target, weights)
 
 
-def snr_weights(cfg, model, timesteps: torch.Tensor) -> torch.Tensor | None:
-    """--snr-gamma's per-row weights for a data term's rows (None when it is off)."""
+def row_weights(cfg, objective, timesteps: torch.Tensor) -> torch.Tensor | None:
+    """A data term's per-row loss weights: --snr-gamma's (DDPM) or the flow objective's --weighting-scheme
+    (sigma_sqrt, cosmap); None (a plain mean) when neither weights."""
     gamma = cfg.optim.snr_gamma
-    return None if gamma is None else model.objective.min_snr_weights(timesteps, gamma)
+    return objective.loss_weights(timesteps) if gamma is None else objective.min_snr_weights(timesteps, gamma)
 
 
 class IdentityTerm(Term):
@@ -106,23 +108,26 @@ class IdentityTerm(Term):
 
     def rows(self, s: StepInputs) -> Rows:
         t = s.batch.instance.timesteps
-        return Rows(s.z_t, t, s.prompts("trigger"), s.target, snr_weights(self.cfg, s.model, t))
+        return Rows(s.z_t, t, s.prompts("trigger"), s.target, row_weights(self.cfg, s.method.objective, t),
+                    micro=s.batch.instance.micro)
 
     loss = staticmethod(identity_loss)
 
 
-def concat_rows(rows: list[Rows]) -> tuple[torch.Tensor, torch.Tensor, Cond, list[int]]:
-    """One batch of every term's rows, in order, and the sizes to split the prediction by."""
+def concat_rows(rows: list[Rows]) -> tuple[torch.Tensor, torch.Tensor, Cond, torch.Tensor | None, list[int]]:
+    """One batch of every term's rows, in order (z_t, t, conditioning, image sizes), and the sizes to split the
+    prediction by."""
     if len(rows) == 1:
         r = rows[0]
-        return r.z_t, r.t, r.cond, [len(r)]
+        return r.z_t, r.t, r.cond, r.micro, [len(r)]
+    micro = None if any(r.micro is None for r in rows) else torch.cat([r.micro for r in rows])
     return (torch.cat([r.z_t for r in rows]), torch.cat([r.t for r in rows]), Cond.cat([r.cond for r in rows]),
-            [len(r) for r in rows])
+            micro, [len(r) for r in rows])
 
 
 def _predict(model, rows: list[Rows]) -> list[torch.Tensor]:
-    z, t, cond, sizes = concat_rows(rows)
-    return list(torch.split(model.predict(z, t, cond), sizes))
+    z, t, cond, micro, sizes = concat_rows(rows)
+    return list(torch.split(model.predict(z, t, cond, micro=micro), sizes))
 
 
 def _loss(term: Term, pred: torch.Tensor, r: Rows) -> torch.Tensor:
@@ -141,7 +146,8 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
     def frozen_targets() -> None:
         for _, r in held:
             with method.frozen():
-                r.target = model.predict(r.z_t, r.t, r.frozen_cond() if r.frozen_cond is not None else r.cond)
+                r.target = model.predict(r.z_t, r.t, r.frozen_cond() if r.frozen_cond is not None else r.cond,
+                                         micro=r.micro)
 
     if method.cat_mode == "fast" or not held:
         frozen_targets()

@@ -1,6 +1,6 @@
 """What every model family shares: conditioning objects, the family registry, model identity.
 
-A family (``sd`` here; ``sdxl`` and ``flux`` later) is a class registered by name. ``load_model``
+A family (``sd``, ``sdxl``, ``flux``) is a class registered by name. ``load_model``
 returns one object that owns how the denoiser is called (``predict(z_t, t, cond)``), the text side
 (tokenizers, encoders, added tokens, which prompts can be cached), the training objective and
 how its LoRA is saved and loaded. Nothing outside ``models/`` names a U-Net.
@@ -170,27 +170,57 @@ def register_family(family: Family) -> Family:
 
 
 def families() -> dict[str, Family]:
-    from cat_adapter.models import sd  # noqa: F401  (registers the built-in families)
+    from cat_adapter.models import flux, sd, sdxl  # noqa: F401  (registers the built-in families)
 
     return dict(_FAMILIES)
 
 
 def family_of(resolved: str, option: str) -> Family:
-    """The family of a local pipeline folder (by model_index.json), or of a file or hub id (sd for now)."""
+    """The family of a local pipeline folder (by model_index.json), of a single-file checkpoint (by its keys) or of a
+    hub id (by its model_index.json, read from the hub; SD when it cannot be read)."""
     fams = families()
     path = Path(resolved).expanduser()
+    name = None
     if path.is_dir() and (path / "model_index.json").is_file():
         try:
             name = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CatAdapterError(f"{option} {resolved}: model_index.json is not valid JSON") from None
-        for fam in fams.values():
-            if name in fam.pipeline_classes:
-                return fam
-        known = ", ".join(c for f in fams.values() for c in f.pipeline_classes)
-        raise CatAdapterError(f"{option} {resolved}: a {name} folder; this version trains {known} models "
-                              "(SDXL and Flux families are not built yet)")
-    return fams["sd"]
+    elif path.is_file() and path.suffix.lower() == ".safetensors":
+        return fams[_single_file_family(path)]
+    elif is_hub_id(resolved):
+        name = _hub_pipeline_class(resolved)
+        if name is None:
+            return fams["sd"]
+    else:
+        return fams["sd"]
+    for fam in fams.values():
+        if name in fam.pipeline_classes:
+            return fam
+    known = ", ".join(c for f in fams.values() for c in f.pipeline_classes)
+    raise CatAdapterError(f"{option} {resolved}: a {name} pipeline; this version trains {known} models")
+
+
+def _single_file_family(path: Path) -> str:
+    """SDXL when the checkpoint holds SGM's second text embedder (``conditioner.embedders.1``), else SD."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
+                return "sdxl"
+    except Exception:
+        pass  # the loader reports an unreadable file
+    return "sd"
+
+
+def _hub_pipeline_class(model_id: str) -> str | None:
+    try:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(model_id).get("_class_name")
+    except Exception:  # offline or gated: the SD loader gives the error
+        return None
 
 
 def load_model(spec: ModelSpec, *, dtype: torch.dtype = torch.float32):

@@ -17,7 +17,7 @@ import torch
 
 from cat_adapter.diffusion import DDPMObjective
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.models.base import (SINGLE_FILE_SUFFIXES, Cond, Family, ModelSpec, first_line, is_hub_id,
+from cat_adapter.models.base import (SINGLE_FILE_SUFFIXES, Cond, Family, ModelSpec, TokenIds, first_line, is_hub_id,
                                      model_identity, register_family)
 
 log = logging.getLogger(__name__)
@@ -37,28 +37,33 @@ def dtype_kwarg(dtype) -> dict:
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: str | None = None,
                   variant: str | None = None, single_file_config: str | None = None, allow_pickle: bool = False,
-                  option: str = "--model"):
-    """Load a ``StableDiffusionPipeline`` (SD 1.x / 2.x) in ``dtype``, without safety checker.
+                  option: str = "--model", pipeline_class: str = "StableDiffusionPipeline",
+                  components: tuple[str, ...] = PIPELINE_COMPONENTS, pipeline_kwargs: dict | None = None):
+    """Load a ``pipeline_class`` (``StableDiffusionPipeline``: SD 1.x / 2.x, without safety checker) in ``dtype``.
 
     ``model`` is a local diffusers folder (``model_index.json`` inside), a single-file checkpoint
     (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a hub id, or an alias such as ``toy``.
+    ``components``: the sub-folders a local pipeline folder must hold.
     """
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     from cat_adapter.plugins import resolve_alias
 
+    pipeline_cls = getattr(diffusers, pipeline_class)
     model = resolve_alias(model, "pipeline", option)
-    common = dict(**dtype_kwarg(dtype), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if pipeline_kwargs is None:
+        pipeline_kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    common = dict(**dtype_kwarg(dtype), **pipeline_kwargs)
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise CatAdapterError(f"{option} {model}: not a diffusers pipeline folder (no model_index.json); "
-                                  "give a StableDiffusionPipeline folder, a .safetensors file or a hub id")
-        missing = [c for c in PIPELINE_COMPONENTS if not (path / c).is_dir()]
+                                  f"give a {pipeline_class} folder, a .safetensors file or a hub id")
+        missing = [c for c in components if not (path / c).is_dir()]
         if missing:
             raise CatAdapterError(f"{option} {model}: pipeline folder lacks {', '.join(missing)}/")
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
+            pipe = pipeline_cls.from_pretrained(
                 str(path), variant=variant, use_safetensors=None if allow_pickle else True, **common)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise CatAdapterError(f"{option} {model}: cannot load pipeline ({first_line(exc)})"
@@ -73,14 +78,14 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
         if single_file_config:
             kwargs["config"] = single_file_config
         try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            pipe = pipeline_cls.from_single_file(str(path), **kwargs)
         except Exception as exc:  # diffusers raises many types here; all mean "cannot convert this file"
             raise CatAdapterError(
                 f"{option} {model}: cannot load single-file checkpoint ({first_line(exc)}); offline, pass "
                 "--single-file-config with a diffusers folder of the same architecture") from None
     elif is_hub_id(model):
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
+            pipe = pipeline_cls.from_pretrained(
                 model, revision=revision, variant=variant, use_safetensors=None if allow_pickle else True, **common)
         except Exception as exc:  # network errors, missing repos, gated repos
             raise CatAdapterError(f"{option} {model}: cannot load from the hub ({first_line(exc, 160)}); check the "
@@ -195,6 +200,10 @@ class SDText:
         return self.tokenizer(converted, padding="max_length", max_length=self.max_length, truncation=True,
                               return_tensors="pt").input_ids
 
+    def token_ids(self, prompts: list[str]) -> TokenIds:
+        """Prompts as token ids, to encode in the step (they hold a trainable token)."""
+        return TokenIds(self.tokenize(prompts))
+
     def cacheable(self, prompt: str) -> bool:
         """A prompt without a trainable token: its embedding is fixed, so it is encoded once."""
         if self.encoder_trained:
@@ -210,46 +219,68 @@ class SDText:
         out = [self.encoder(ids[i:i + chunk].to(device))[0].float().cpu() for i in range(0, len(prompts), chunk)]
         return Cond(torch.cat(out))
 
-    def encode_ids(self, ids: torch.Tensor, encoder=None) -> Cond:
-        """In-step embeddings of token ids, with gradients to trainable tokens (``encoder``: a wrapped copy)."""
-        return Cond((encoder or self.encoder)(ids)[0])
+    def encode_ids(self, p: TokenIds, wrapped: dict | None = None) -> Cond:
+        """In-step embeddings of token ids, with gradients to trainable tokens (``wrapped``: the text encoder as
+        accelerate prepared it, by the name ``token_modules`` gives it)."""
+        return Cond((wrapped or {}).get("text_encoder", self.encoder)(p.ids)[0])
+
+    def token_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules that hold trainable token rows, by the name accelerate prepares them under."""
+        return {"text_encoder": self.encoder}
+
+    def save_embeddings(self, path: Path, token: str, rows: list[torch.Tensor]) -> None:
+        """diffusers' format, ``{token: tensor[num_vectors, d]}``: ``pipe.load_textual_inversion(folder)``."""
+        from safetensors.torch import save_file
+
+        save_file({token: rows[0].contiguous()}, str(path), metadata={"format": "pt"})
 
     # -------------------------------------------------------------------------------- added tokens (TI)
     def add_tokens(self, trigger: str, num_vectors: int, initializer: str, *, option: str = "--initializer-token"
-                   ) -> tuple[list[str], torch.nn.Parameter]:
+                   ) -> tuple[list[str], list[torch.nn.Parameter]]:
         """Add ``trigger`` (or ``<trigger>`` if the tokenizer has it already) as ``num_vectors`` new tokens,
-        initialised from the mean embedding of ``initializer``'s tokens; returns the tokens and their rows."""
+        initialised from the mean embedding of ``initializer``'s tokens; returns the tokens and their rows (one
+        Parameter per text encoder)."""
         import copy
 
-        tok = self.tokenizer
-        base_tokens = tok(initializer, add_special_tokens=False).input_ids
-        if not base_tokens:
-            raise CatAdapterError(f"{option} {initializer!r}: encodes to no token; give a word such as the class noun")
-        self._original_tokenizer = self._original_tokenizer or copy.deepcopy(tok)
+        token, names = self._new_token_names(self.tokenizer, trigger, num_vectors)
+        self._original_tokenizer = self._original_tokenizer or copy.deepcopy(self.tokenizer)
+        rows = self._add_rows(self.tokenizer, self.encoder, names, initializer, option)
+        self.token_map[trigger] = token
+        return names, [rows]
+
+    @staticmethod
+    def _new_token_names(tok, trigger: str, num_vectors: int) -> tuple[str, list[str]]:
+        """``trigger`` and its multi-vector names, or ``<trigger>``'s where the tokenizer has ``trigger``."""
         vocab = tok.get_vocab()
         for token in (trigger, f"<{trigger}>"):
             names = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
             if not any(n in vocab for n in names):
-                break  # add_tokens would return 0 for a token the tokenizer has: take the bracketed form
-        else:
-            raise CatAdapterError(f"--trigger {trigger}: the tokenizer already has '{trigger}' and '<{trigger}>'; "
-                                  "choose another trigger for --method ti")
+                return token, names  # add_tokens would return 0 for a token the tokenizer has
+        raise CatAdapterError(f"--trigger {trigger}: the tokenizer already has '{trigger}' and '<{trigger}>'; "
+                              "choose another trigger for --method ti")
+
+    def _add_rows(self, tok, encoder, names: list[str], initializer: str, option: str) -> torch.nn.Parameter:
+        """``names`` added to ``tok`` and as new rows of ``encoder``'s embedding, each the mean embedding of
+        ``initializer``'s tokens."""
+        num_vectors = len(names)
+        base_tokens = tok(initializer, add_special_tokens=False).input_ids
+        if not base_tokens:
+            raise CatAdapterError(f"{option} {initializer!r}: encodes to no token; give a word such as the class noun")
         if tok.add_tokens(names) != num_vectors:
-            raise CatAdapterError(f"--trigger {trigger}: the tokenizer did not add {names} as new tokens")
-        names = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+            raise CatAdapterError(f"--trigger {names[0]}: the tokenizer did not add {names} as new tokens")
         ids = tok.convert_tokens_to_ids(names)
-        emb = self.encoder.get_input_embeddings()
+        emb = encoder.get_input_embeddings()
         if isinstance(emb, ExtendedEmbedding):
             raise CatAdapterError("tokens were already added to this text encoder")
         if ids != list(range(emb.num_embeddings, emb.num_embeddings + num_vectors)):
-            raise CatAdapterError(f"--trigger {trigger}: the tokenizer's new ids {ids} do not follow the text "
+            raise CatAdapterError(f"--trigger {names[0]}: the tokenizer's new ids {ids} do not follow the text "
                                   f"encoder's {emb.num_embeddings} rows; its vocabulary and embedding sizes differ")
         init = emb.weight.detach()[base_tokens].float().mean(0)
         ext = ExtendedEmbedding(emb, init.unsqueeze(0).repeat(num_vectors, 1))
-        self.encoder.set_input_embeddings(ext)
-        self.token_map[trigger] = token
-        self.trainable_ids |= set(ids)
-        return names, ext.new_rows
+        encoder.set_input_embeddings(ext)
+        if tok is self.tokenizer:
+            self.trainable_ids |= set(ids)
+        return ext.new_rows
 
     @contextmanager
     def original_tokens(self) -> Iterator[None]:
@@ -271,6 +302,11 @@ class SDModel:
     family = "sd"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     denoiser_name = "unet"
+    denoiser_class = "UNet2DConditionModel"
+    supports_text_encoder_lora = True
+    supports_kohya_export = True
+    supports_tokens = True
+    has_guidance = False
 
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
         self.pipe = pipe
@@ -331,10 +367,11 @@ class SDModel:
         finally:
             self._graded = graded
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, lora_scale: float | None = None
-                ) -> torch.Tensor:
-        """The denoiser's output for noisy latents z_t at steps t under ``cond``: (B, C, h, w). ``lora_scale``
-        multiplies loaded LoRA layers, as ``--lora-scale`` does in sampling."""
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
+                lora_scale: float | None = None) -> torch.Tensor:
+        """The denoiser's output for noisy latents z_t at steps t under ``cond``: (B, C, h, w). ``micro``: each
+        row's image sizes and crop (``Noised.micro``; SD ignores them). ``lora_scale`` multiplies loaded LoRA
+        layers, as ``--lora-scale`` does in sampling."""
         net = self._graded if self._graded is not None else self.pipe.unet
         kwargs = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
         return net(z_t, t, encoder_hidden_states=cond.hidden, return_dict=False, **kwargs)[0]
@@ -372,6 +409,10 @@ class SDModel:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
     # ------------------------------------------------------------------------------------ sampling
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Initial latents (B, C, h, w) in the layout the pipeline's ``latents`` argument takes."""
+        return latents
+
     def pipeline_kwargs(self, lora_scale: float | None) -> dict:
         return {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
 
@@ -436,12 +477,11 @@ class SDModel:
 
     # ------------------------------------------------------------------------------------ full weights
     def save_denoiser(self, folder: Path, dtype: torch.dtype) -> Path:
-        """``folder`` as ``UNet2DConditionModel.from_pretrained`` reads it (safetensors)."""
+        """``folder`` as the denoiser class's ``from_pretrained`` reads it (safetensors)."""
         from cat_adapter.io import atomic_dir
 
-        unet = self.pipe.unet
         with atomic_dir(folder) as tmp:
-            unet.save_pretrained(tmp, safe_serialization=True)
+            self.denoiser.save_pretrained(tmp, safe_serialization=True)
             if dtype != torch.float32:  # rewrite the weights in the saved dtype, config unchanged
                 from safetensors.torch import load_file, save_file
 
@@ -450,14 +490,16 @@ class SDModel:
         return folder
 
     def load_denoiser(self, folder: Path, *, option: str = "--adapter") -> torch.nn.Module:
-        from diffusers import UNet2DConditionModel
+        import diffusers
 
+        current = self.denoiser
         try:
-            unet = UNet2DConditionModel.from_pretrained(str(folder), use_safetensors=True,
-                                                        **dtype_kwarg(self.pipe.unet.dtype))
+            net = getattr(diffusers, self.denoiser_class).from_pretrained(str(folder), use_safetensors=True,
+                                                                         **dtype_kwarg(current.dtype))
         except Exception as exc:
-            raise CatAdapterError(f"{option} {folder}: cannot load the U-Net ({first_line(exc)})") from None
-        return unet.to(self.pipe.unet.device).eval().requires_grad_(False)
+            raise CatAdapterError(f"{option} {folder}: cannot load the {self.denoiser_name} "
+                                  f"({first_line(exc)})") from None
+        return net.to(current.device).eval().requires_grad_(False)
 
 
 def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDModel:

@@ -7,6 +7,7 @@ CLIP BPE (every byte is a token), so any trigger tokenizes without unknown ids.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -88,4 +89,105 @@ def write_shape_concept(folder: str | Path, *, n: int = 4, size: int = 64, trigg
         if captions:
             where = "on a dark background" if sum(bg) < 300 else "on a light background"
             (folder / f"{i:02d}.txt").write_text(f"a photo of {trigger} {class_noun} {where}")
+    return folder
+
+
+def build_tiny_sdxl_pipeline(folder: str | Path, *, sample_size: int = 8, vae_blocks: int = 2, seed: int = 0,
+                             model_max_length: int = 77, force_upcast: bool = True) -> Path:
+    """Write a random-weight ``StableDiffusionXLPipeline`` folder (the SDXL config of FACTS.md, scaled down): two
+    CLIP text encoders of width 32 (the second with a projection), a U-Net with text_time added conditioning
+    (80 = 6 time ids x 8 + 32 pooled; cross-attention 64 = 32 + 32), Euler scheduler."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=32)
+    vae_ch = [32, 64, 64, 64][:vae_blocks]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks, up_block_types=["UpDecoderBlock2D"] * vae_blocks,
+                        norm_num_groups=32, sample_size=sample_size * 2 ** (vae_blocks - 1), force_upcast=force_upcast)
+    tok_dir = folder / ".tokenizer-src"
+    tokenizer = build_char_tokenizer(tok_dir, model_max_length=model_max_length)
+    cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               max_position_embeddings=model_max_length, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=copy.deepcopy(tokenizer), unet=unet,
+                                     scheduler=scheduler, add_watermarker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    return folder
+
+
+def build_t5_tokenizer(folder: Path, *, model_max_length: int = 32):
+    """A T5TokenizerFast without the hub: a ``tokenizers`` Unigram model over every printable ASCII character (with
+    and without the word-start mark), ``<pad>`` / ``</s>`` / ``<unk>`` first, Metaspace pre-tokenizer and decoder;
+    it appends ``</s>`` as T5's does."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(c, -3.0) for c in chars] + [("\u2581" + c, -2.5) for c in chars]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    t5 = T5TokenizerFast(tokenizer_object=tok, extra_ids=0, model_max_length=model_max_length, pad_token="<pad>",
+                         eos_token="</s>", unk_token="<unk>")
+    folder.mkdir(parents=True, exist_ok=True)
+    return t5
+
+
+def build_tiny_flux_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: int = 0, guidance_embeds: bool = True,
+                             max_sequence_length: int = 32) -> Path:
+    """Write a random-weight ``FluxPipeline`` folder (the Flux config of FACTS.md): a one-double, one-single-block
+    transformer over 2x2-packed 4-channel latents, CLIP (width 32) pooled + T5 (d_model 32) conditioning, a VAE
+    without quant convs with a shift factor, flow-matching Euler scheduler. ``guidance_embeds``: dev-like."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                         guidance_embeds=guidance_embeds)
+    vae_ch = [32, 64, 64, 64][:vae_blocks]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks, up_block_types=["UpDecoderBlock2D"] * vae_blocks,
+                        norm_num_groups=32, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    tok_dir = folder / ".tokenizer-src"
+    tokenizer = build_char_tokenizer(tok_dir)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    tokenizer_2 = build_t5_tokenizer(tok_dir, model_max_length=max_sequence_length)
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_heads=4,
+                                             num_layers=2, relative_attention_num_buckets=8, feed_forward_proj="relu",
+                                             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                        transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok_dir, ignore_errors=True)
     return folder

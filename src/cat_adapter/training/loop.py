@@ -180,7 +180,8 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[Conce
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE).unlink(missing_ok=True)
         # The resolved config, re-runnable from any folder: absolute paths, no resume/overwrite switches.
-        save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__)
+        save_config(portable(cfg), out / "config.yaml", package_version=cat_adapter.__version__,
+                    num_processes=accelerator.num_processes)
         if not checkpoints:
             write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "concept": specs[it.concept].name,
                                                       "caption": it.caption, "plain": it.plain,
@@ -224,6 +225,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     memory.reset_peak()  # the profile's peak is measured above the loaded model
     model_mb = memory.current_mb()
     buckets = training_buckets(cfg, model)  # checked before anything is written
+    check_model_options(cfg, model)
     if prepare_folder is not None:
         prepare_folder()
     inputs = dict(inputs)
@@ -260,6 +262,10 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     optimizer, lr_scheduler = prepared[len(modules):]
     objective = copy.copy(model.objective)  # --noise-offset is this run's, not the (possibly shared) model's
     objective.noise_offset = float(o.noise_offset)
+    if getattr(objective, "name", "") == "flow":
+        objective.weighting_scheme, objective.logit_mean, objective.logit_std, objective.mode_scale = \
+            o.weighting_scheme, o.logit_mean, o.logit_std, o.mode_scale
+    method.objective = objective   # the loss terms' per-row weights
     sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
                             objective=objective, seed=run.seed, caption_dropout=d.caption_dropout,
                             preserve_fraction=cfg.preservation.cat_fraction, balance=d.concept_balance,
@@ -269,6 +275,32 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
+
+
+def check_model_options(cfg: TrainConfig, model) -> None:
+    """Options the loaded model's family cannot serve: one-line errors before anything is written; then the
+    family's own options (--guidance, --max-sequence-length) are set on the model."""
+    parts, fam, m, o = registry.get_spec(cfg.method.method).parts, model.family, cfg.model, cfg.optim
+    if "lora" in parts and cfg.lora.train_text_encoder and not model.supports_text_encoder_lora:
+        raise CatAdapterError(f"--train-text-encoder is not built for the {fam} family yet; train the "
+                              "denoiser's LoRA alone")
+    if "lora" in parts and cfg.run.export_format == "kohya" and not model.supports_kohya_export:
+        raise CatAdapterError(f"--export-format kohya is not built for the {fam} family; the diffusers file "
+                              "loads in diffusers and ComfyUI")
+    if "tokens" in parts and not model.supports_tokens:
+        raise CatAdapterError(f"--method {cfg.method.method} is not built for the {fam} family (Textual Inversion "
+                              "needs a CLIP prompt encoder); use lora or cat")
+    flow = getattr(model.objective, "name", "") == "flow"
+    if o.weighting_scheme != "none" and not flow:
+        raise CatAdapterError(f"--weighting-scheme {o.weighting_scheme} is for flow-matching models (Flux); this "
+                              f"{fam} model trains with DDPM noise (see --snr-gamma)")
+    if o.snr_gamma is not None and flow:
+        raise CatAdapterError("--snr-gamma is for DDPM models; flow-matching models weight with --weighting-scheme")
+    if (m.guidance is not None or m.max_sequence_length is not None) and not hasattr(model, "configure"):
+        option = "--guidance" if m.guidance is not None else "--max-sequence-length"
+        raise CatAdapterError(f"{option} is a Flux option; this is a {fam} model")
+    if hasattr(model, "configure"):
+        model.configure(guidance=m.guidance, max_sequence_length=m.max_sequence_length)
 
 
 def training_buckets(cfg: TrainConfig, model) -> list[tuple[int, int]] | None:
@@ -361,7 +393,9 @@ def train_step(s: Session) -> dict[str, float | None]:
     n = o.gradient_accumulation_steps
     terms: dict[str, float | None] = {"loss": 0.0}
     for _ in range(n):
-        batch = s.sampler.next().to(acc.device, s.weight_dtype)
+        # float32 whatever --mixed-precision: latents, noise, timesteps, z_t and the targets stay float32 (autocast
+        # casts the denoiser's inputs); the losses are float32 MSEs (diffusion.mse)
+        batch = s.sampler.next().to(acc.device)
         with acc.accumulate(*s.method.wrapped.values()), acc.autocast():
             out = s.method.forward_backward(batch, acc.backward)
         terms["loss"] += out.total.item() / n

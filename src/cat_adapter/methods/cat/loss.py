@@ -26,7 +26,7 @@ def plain_inputs(z_t: torch.Tensor, t: torch.Tensor, plain: Cond, pool: Cond | N
     b = z_t.shape[0]
     conds = [plain] + ([pool.expand_row(k, b) for k in range(len(pool))] if pool is not None else [])
     n = len(conds)
-    return z_t.repeat(n, 1, 1, 1), t.repeat(n), Cond.cat(conds)
+    return z_t.repeat(n, *([1] * (z_t.dim() - 1))), t.repeat(n), Cond.cat(conds)
 
 
 def load_pool(cfg) -> list[str] | None:
@@ -121,12 +121,15 @@ class PreservationTerm(Term):
 
         z_t, t_rows = pick(s.z_t), pick(b.instance.timesteps)
         z, t, cond = plain_inputs(z_t, t_rows, pick(s.prompts("plain")), s.prompts("pool") if pool else None)
+        micro = b.instance.micro
+        if micro is not None:
+            micro = pick(micro).repeat(len(z) // len(z_t), 1)
 
         def frozen() -> Cond:  # y through the frozen text encoder, when a text-encoder LoRA trains
             return plain_inputs(z_t, t_rows, pick(s.frozen_prompts("plain")),
                                 s.frozen_prompts("pool") if pool else None)[2]
 
         trained_encoder = getattr(s.model.text, "encoder_trained", False)
-        return Rows(z, t, cond, None, frozen_cond=frozen if trained_encoder else None)
+        return Rows(z, t, cond, None, frozen_cond=frozen if trained_encoder else None, micro=micro)
 
     loss = staticmethod(preservation_loss)

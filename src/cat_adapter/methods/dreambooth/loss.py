@@ -44,11 +44,11 @@ class PriorTerm(Term):
         self.cfg = cfg
 
     def rows(self, s):
-        from cat_adapter.methods.terms import Rows, snr_weights
+        from cat_adapter.methods.terms import Rows, row_weights
 
         prior, obj = s.batch.prior, s.model.objective
         z = obj.noisy(prior.latents, prior.noise, prior.timesteps)
         return Rows(z, prior.timesteps, s.prompts("class"), obj.target(prior.latents, prior.noise, prior.timesteps),
-                    snr_weights(self.cfg, s.model, prior.timesteps))
+                    row_weights(self.cfg, s.method.objective, prior.timesteps), micro=prior.micro)
 
     loss = staticmethod(prior_loss)

@@ -9,7 +9,6 @@ import torch
 
 from cat_adapter.methods.base import Exported, check_state_keys
 
-DENOISER_FOLDER = "unet"
 
 
 class FullPart:
@@ -55,5 +54,6 @@ class FullPart:
         pass
 
     def export(self, out_dir: Path, *, dtype: torch.dtype, export_format: str) -> Exported:
-        self.model.save_denoiser(out_dir / DENOISER_FOLDER, dtype)
-        return Exported("full", {"denoiser": DENOISER_FOLDER}, {"component": self.model.denoiser_name})
+        folder = self.model.denoiser_name   # unet/ or transformer/, as in a pipeline folder
+        self.model.save_denoiser(out_dir / folder, dtype)
+        return Exported("full", {"denoiser": folder}, {"component": self.model.denoiser_name})

@@ -12,8 +12,9 @@ class LoraOptions:
     rank: int = opt(4, "LoRA rank r.")
     lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); none means rank.")
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
-    target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
-                                    "Denoiser modules that get LoRA (comma-separated names).")
+    target_modules: list[str] | None = opt(None, "Denoiser modules that get LoRA (comma-separated names). Default: "
+                                           "the family's: to_q,to_k,to_v,to_out.0 (SD, SDXL); for Flux the 12 of "
+                                           "diffusers' Flux example (attention of both streams, both feed-forwards).")
     lora_type: str = opt("lora", "lora, or lokr (LyCORIS LoKr through peft: Kronecker-product factors, --rank and "
                          "--lora-alpha as peft's r and alpha). A LoKr file loads in plain diffusers with "
                          "pipe.unet.load_lora_adapter(OUT, weight_name=..., prefix='unet'), not load_lora_weights.",
@@ -38,7 +39,8 @@ class LoraOptions:
         check(self.rank > 0, "--rank", f"must be >= 1 (got {self.rank})")
         check(self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", "must be > 0")
         check(0 <= self.lora_dropout < 1, "--lora-dropout", "must be in [0, 1)")
-        check(len(self.target_modules) > 0, "--target-modules", "must name at least one module")
+        check(self.target_modules is None or len(self.target_modules) > 0, "--target-modules",
+              "must name at least one module")
         check(self.init_lora_weights != "orthogonal" or self.rank % 2 == 0, "--init-lora-weights",
               f"orthogonal needs an even --rank (got {self.rank})")
         if self.lora_type == "lokr":

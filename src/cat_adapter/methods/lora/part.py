@@ -60,14 +60,15 @@ class LoraPart:
         o = cfg.lora
         self.model = model
         denoiser = model.denoiser
-        model.check_lora_targets(o.target_modules)
+        targets = list(o.target_modules or model.lora_targets)
+        model.check_lora_targets(targets)
         self.lora_type = o.lora_type
         self.alpha = float(o.lora_alpha if o.lora_alpha is not None else o.rank)
-        self.config = self._peft_config(o, o.target_modules)
+        self.config = self._peft_config(o, targets)
         try:
             denoiser.add_adapter(self.config, adapter_name=ADAPTER_NAME)
         except ValueError as exc:
-            raise CatAdapterError(f"--target-modules {','.join(o.target_modules)}: {str(exc).splitlines()[0]}") from None
+            raise CatAdapterError(f"--target-modules {','.join(targets)}: {str(exc).splitlines()[0]}") from None
         self.params = _trainable(denoiser)
         self.te_params: list[torch.nn.Parameter] = []
         self.te_config = None
@@ -91,6 +92,9 @@ class LoraPart:
 
     def _add_text_encoder_lora(self, o) -> None:
         """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
+        if not getattr(self.model, "supports_text_encoder_lora", True):
+            raise CatAdapterError(f"--train-text-encoder is not built for the {self.model.family} family yet; "
+                                  "train the denoiser's LoRA alone")
         encoder = self.model.text.encoder
         self.te_config = self._peft_config(o, o.text_encoder_target_modules)
         try:  # peft directly: transformers' add_adapter wants a newer peft than diffusers needs

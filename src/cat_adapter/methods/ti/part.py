@@ -24,46 +24,50 @@ class TokensPart:
         o, d = cfg.tokens, cfg.data
         self.model = model
         self.trigger = d.trigger
+        # one Parameter per text encoder (SDXL has two), each (num_vectors, its width)
         self.names, self.rows = model.text.add_tokens(d.trigger, o.num_vectors, o.initializer_token or d.class_noun)
         self.token = self.names[0]
-        self.initial = self.rows.detach().clone()
+        self.initial = [r.detach().clone() for r in self.rows]
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [self.rows]
+        return list(self.rows)
 
     def param_groups(self, optim) -> list[dict]:
-        return [{"params": [self.rows]}]
+        return [{"params": list(self.rows)}]
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.model.text.encoder}
+        return self.model.text.token_modules()
 
     def base(self):
         return self.model.text.original_tokens()
 
+    @property
+    def _keys(self) -> list[str]:
+        return ["rows"] + [f"rows_{i + 1}" for i in range(1, len(self.rows))]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"rows": self.rows.detach()}
+        return {k: r.detach() for k, r in zip(self._keys, self.rows)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        check_state_keys({"rows"}, set(state), "token")
+        check_state_keys(set(self._keys), set(state), "token")
         with torch.no_grad():
-            self.rows.copy_(state["rows"])
+            for k, r in zip(self._keys, self.rows):
+                r.copy_(state[k])
 
     def after_step(self) -> None:
         pass
 
     def drift(self) -> float:
         """How far the rows moved from their initializer (L2 norm per vector, mean): logged for TI."""
-        return float((self.rows.detach().float() - self.initial).norm(dim=-1).mean())
+        return float(torch.cat([(r.detach().float() - r0).norm(dim=-1) for r, r0 in zip(self.rows, self.initial)]).mean())
 
     def export(self, out_dir: Path, *, dtype: torch.dtype, export_format: str) -> Exported:
-        """diffusers' format, ``{token: tensor[num_vectors, d]}``: ``pipe.load_textual_inversion(out_dir)``."""
-        from safetensors.torch import save_file
-
+        """The family's format (SD: diffusers' ``{token: tensor[num_vectors, d]}`` that
+        ``pipe.load_textual_inversion(out_dir)`` reads; SDXL: ``clip_l`` / ``clip_g``)."""
         from cat_adapter.io import atomic_path
 
         path = out_dir / EMBEDS_NAME
         with atomic_path(path) as tmp:
-            save_file({self.token: self.rows.detach().to("cpu", dtype).contiguous()}, str(tmp),
-                      metadata={"format": "pt"})
+            self.model.text.save_embeddings(tmp, self.token, [r.detach().to("cpu", dtype) for r in self.rows])
         return Exported("tokens", {"embeddings": EMBEDS_NAME},
                         {"tokens": {self.trigger: self.token}, "num_vectors": len(self.names)})

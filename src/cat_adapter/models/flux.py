@@ -1,0 +1,246 @@
+"""The Flux family: a flow-matching transformer over 2x2-packed latents, CLIP pooled + T5 conditioning.
+
+What differs from SD, as diffusers' ``FluxPipeline`` and its Flux training scripts do it:
+
+- the objective is rectified flow (``diffusion.FlowMatchObjective``): z_t = (1 - sigma) z_0 + sigma eps,
+  the transformer predicts the velocity eps - z_0 and sees t / 1000;
+- the prompt is the T5 encoder's last hidden state (``--max-sequence-length`` tokens) and the pooled
+  embedding is CLIP's pooler output; text ids are zeros, image ids the packed latent's (row, column);
+- the trainer keeps latents unpacked, (B, C, h, w), like every family; ``predict`` packs them into
+  (B, h/2 * w/2, 4C) tokens for the transformer and unpacks its output. Packing is a permutation, so
+  every loss (and CAT's preservation term, the MSE between the frozen and adapted velocity
+  predictions on y) is the same in either layout;
+- a guidance-distilled (dev-like) transformer takes the guidance value as an input (``--guidance``);
+- the LoRA is saved with ``FluxPipeline.save_lora_weights`` (``transformer.`` keys, adapter metadata).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from cat_adapter.diffusion import FlowMatchObjective
+from cat_adapter.errors import CatAdapterError
+from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
+from cat_adapter.models.sd import SDModel, SDText, is_lokr_file, load_pipeline
+
+COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+# diffusers' train_dreambooth_lora_flux.py default targets (attention of both streams and both feed-forwards)
+LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                "ff_context.net.2")
+T5_LIMIT = 512   # FluxPipeline refuses longer prompts
+
+
+class FluxText(SDText):
+    """CLIP (pooled) and T5 (sequence) tokenizers and encoders; prompts -> ``Cond(hidden=T5, pooled=CLIP)``."""
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self._max_sequence_length: int | None = None   # --max-sequence-length; None: the tokenizer's limit
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self._max_sequence_length or self.t5_limit
+
+    @max_sequence_length.setter
+    def max_sequence_length(self, n: int) -> None:
+        self._max_sequence_length = int(n)
+
+    @property
+    def t5_limit(self) -> int:
+        return int(min(T5_LIMIT, self.pipe.tokenizer_2.model_max_length))
+
+    def _ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        converted = [self.rewrite(p) for p in prompts]
+        clip = self.pipe.tokenizer(converted, padding="max_length", max_length=self.max_length, truncation=True,
+                                   return_tensors="pt").input_ids
+        t5 = self.pipe.tokenizer_2(converted, padding="max_length", max_length=self.max_sequence_length,
+                                   truncation=True, return_tensors="pt").input_ids
+        return clip, t5
+
+    def token_ids(self, prompts: list[str]) -> TokenIds:
+        clip, t5 = self._ids(prompts)
+        return TokenIds(clip, {"ids_2": t5})
+
+    def _encode(self, clip_ids: torch.Tensor, t5_ids: torch.Tensor, clip_enc=None, t5_enc=None) -> Cond:
+        pooled = (clip_enc or self.pipe.text_encoder)(clip_ids, output_hidden_states=False).pooler_output
+        hidden = (t5_enc or self.pipe.text_encoder_2)(t5_ids, output_hidden_states=False)[0]
+        return Cond(hidden, pooled)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], *, device, chunk: int = 16) -> Cond:
+        """Cached embeddings: T5 hidden (N, L, D) and CLIP pooled (N, P), float32 on the CPU."""
+        self.tokenize(prompts)  # warns about prompts CLIP truncates
+        clip, t5 = self._ids(prompts)
+        out = [self._encode(clip[i:i + chunk].to(device), t5[i:i + chunk].to(device)) for i in range(0, len(prompts), chunk)]
+        return Cond(torch.cat([c.hidden for c in out]).float().cpu(), torch.cat([c.pooled for c in out]).float().cpu())
+
+    def encode_ids(self, p: TokenIds, wrapped: dict | None = None) -> Cond:
+        wrapped = wrapped or {}
+        return self._encode(p.ids, p.extra["ids_2"], wrapped.get("text_encoder"), wrapped.get("text_encoder_2"))
+
+    def add_tokens(self, *args, **kwargs):
+        raise CatAdapterError("--method ti is not built for the flux family (its prompt is T5's; CLIP's is only "
+                              "pooled); use lora or cat")
+
+
+class FluxModel(SDModel):
+    """A loaded ``FluxPipeline``."""
+
+    family = "flux"
+    lora_targets = LORA_TARGETS
+    supports_text_encoder_lora = False
+    supports_kohya_export = False
+    supports_tokens = False
+    denoiser_class = "FluxTransformer2DModel"
+    denoiser_name = "transformer"
+
+    def __init__(self, pipe, spec: ModelSpec, resolved: str):
+        self.pipe = pipe
+        self.spec = spec
+        self.resolved = resolved
+        self.text = FluxText(pipe)
+        self.objective = FlowMatchObjective(pipe.scheduler.config)
+        self.guidance = 3.5 if self.has_guidance else None   # diffusers' Flux scripts' default
+        self._graded = None
+        self._identity = None
+
+    @property
+    def has_guidance(self) -> bool:
+        return bool(self.pipe.transformer.config.guidance_embeds)
+
+    def configure(self, *, guidance: float | None = None, max_sequence_length: int | None = None,
+                  option_prefix: str = "") -> None:
+        """The run's --guidance and --max-sequence-length, checked against this model."""
+        if guidance is not None:
+            if not self.has_guidance:
+                raise CatAdapterError(f"--guidance {guidance}: this Flux transformer has no guidance embedding "
+                                      "(guidance_embeds is false, as in schnell-like models); leave --guidance out")
+            self.guidance = float(guidance)
+        if max_sequence_length is not None:
+            limit = self.text.t5_limit
+            if not 1 <= max_sequence_length <= limit:
+                raise CatAdapterError(f"--max-sequence-length {max_sequence_length}: must be in [1, {limit}] (the T5 "
+                                      f"tokenizer's model_max_length, at most {T5_LIMIT})")
+            self.text.max_sequence_length = int(max_sequence_length)
+
+    # ------------------------------------------------------------------------------------ components
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @denoiser.setter
+    def denoiser(self, module: torch.nn.Module) -> None:
+        self.pipe.transformer = module
+
+    def frozen_components(self) -> list[torch.nn.Module]:
+        return [self.pipe.transformer, self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2]
+
+    @contextmanager
+    def denoiser_swapped(self, module: torch.nn.Module) -> Iterator[None]:
+        current, graded = self.pipe.transformer, self._graded
+        self.pipe.transformer, self._graded = module, None
+        try:
+            yield
+        finally:
+            self.pipe.transformer, self._graded = current, graded
+
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
+                lora_scale: float | None = None) -> torch.Tensor:
+        """The velocity for unpacked latents z_t (B, C, h, w) at timesteps t in [0, 1000]: (B, C, h, w)."""
+        net = self._graded if self._graded is not None else self.pipe.transformer
+        from diffusers import FluxPipeline as pipe   # its static packing helpers
+
+        b, c, h, w = z_t.shape
+        packed = pipe._pack_latents(z_t, b, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, z_t.device, cond.hidden.dtype)
+        txt_ids = torch.zeros(cond.hidden.shape[1], 3, device=z_t.device, dtype=cond.hidden.dtype)
+        guidance = None
+        if self.has_guidance:
+            guidance = torch.full((b,), float(self.guidance), device=z_t.device, dtype=torch.float32)
+        kwargs = {"joint_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
+        out = net(hidden_states=packed, timestep=t.to(torch.float32) / 1000, guidance=guidance,
+                  pooled_projections=cond.pooled, encoder_hidden_states=cond.hidden, txt_ids=txt_ids, img_ids=img_ids,
+                  return_dict=False, **kwargs)[0]
+        f = self.pipe.vae_scale_factor
+        return pipe._unpack_latents(out, h * f, w * f, f)
+
+    # ------------------------------------------------------------------------------------ latents
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.pipe.vae_scale_factor
+        return int(self.pipe.vae.config.latent_channels), height // f, width // f
+
+    @property
+    def size_multiple(self) -> int:
+        """The VAE factor times the 2x2 packing."""
+        return int(self.pipe.vae_scale_factor * 2)
+
+    @property
+    def default_resolution(self) -> int:
+        return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
+
+    # ------------------------------------------------------------------------------------ sampling
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """FluxPipeline takes packed latents."""
+        from diffusers import FluxPipeline
+
+        b, c, h, w = latents.shape
+        return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+    def pipeline_kwargs(self, lora_scale: float | None) -> dict:
+        kwargs = {"max_sequence_length": self.text.max_sequence_length}
+        if lora_scale is not None:
+            kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
+        return kwargs
+
+    # ------------------------------------------------------------------------------------ LoRA files
+    def check_lora_targets(self, targets: list[str]) -> None:
+        names = [n for n, _ in self.pipe.transformer.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise CatAdapterError(f"--target-modules: no Flux transformer module named {', '.join(missing)} "
+                                  "(names end a module path, e.g. attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp)")
+
+    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict,
+                  text_encoder_state: dict[str, torch.Tensor] | None = None, text_encoder_metadata: dict | None = None
+                  ) -> Path:
+        """``FluxPipeline.save_lora_weights`` with the adapter metadata (peft's key names under ``transformer.``)."""
+        from diffusers import FluxPipeline
+
+        from cat_adapter.io import atomic_path
+        from cat_adapter.models.sd import LORA_WEIGHT_NAME
+
+        if text_encoder_state:
+            raise CatAdapterError("--train-text-encoder is not built for Flux yet")
+        target = Path(out_dir) / LORA_WEIGHT_NAME
+        with atomic_path(target) as tmp:
+            FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=state_dict, weight_name=tmp.name,
+                                           transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+        return target
+
+    def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
+        raise CatAdapterError("--export-format kohya is not built for Flux; the diffusers file loads in ComfyUI too")
+
+    def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None:
+        try:
+            if is_lokr_file(file):
+                self.pipe.transformer.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="transformer",
+                                                        adapter_name=adapter_name)
+                return
+            self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
+        except Exception as exc:
+            raise CatAdapterError(f"{option} {file}: cannot load LoRA into this Flux model ({first_line(exc)})") from None
+
+
+def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:
+    pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
+                         single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
+                         pipeline_class="FluxPipeline", components=COMPONENTS, pipeline_kwargs={})
+    return FluxModel(pipe, spec, resolved)
+
+
+register_family(Family("flux", ("FluxPipeline",), _load))

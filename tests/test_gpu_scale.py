@@ -1,0 +1,28 @@
+"""benchmarks/gpu_scale.py's CPU smoke run: the real-size GPU benchmark's code path on tiny configs of each family."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_scale.py"
+
+
+def test_gpu_scale_smoke_run_writes_each_cell(tmp_path):
+    cells = ["sd15-512px-b1-gcoff", "sdxl-1024px-b1-gcon", "flux-1024px-b1-gcon"]
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(tmp_path), "--cells", *cells],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in cells:
+        cell = json.loads((tmp_path / f"{name}.json").read_text())
+        assert cell["tiny"] and set(cell["variants"]) == {"lora", "cat_fast", "cat_lean"}
+        assert all(v["mean_s"] > 0 and v["time_vs_lora"] > 0 for v in cell["variants"].values())
+        assert name in proc.stdout
+    summary = json.loads((tmp_path / "gpu_scale.json").read_text())
+    assert [c["cell"] for c in summary["cells"]] == cells
+    # the full GPU run without CUDA: a one-line refusal
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--output", str(tmp_path / "gpu")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stderr
