@@ -102,3 +102,18 @@ def test_constrained_alpha_is_the_same_on_every_rank_and_matches_one_process(run
     a, b = weights(tmp_path / "two"), weights(one)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)
+
+
+def test_engines_that_shard_the_weights_are_refused_with_one_line():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.training.loop import check_distributed_type
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(CatAdapterError, match=f"{kind.value} is not supported yet.*--multi_gpu"):
+            check_distributed_type(SimpleNamespace(distributed_type=kind))
+    for kind in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        check_distributed_type(SimpleNamespace(distributed_type=kind))

@@ -194,3 +194,32 @@ def test_bad_input(flux, tiny_model, concept_dir, tmp_path, capsys):
         line = train_cli_error(capsys, model, concept_dir, tmp_path / f"o{i}", "--trigger", "sks", "--resolution", "16",
                                *extra)
         assert needle in line, (extra, line)
+
+
+def test_dreambooth_trains_the_transformer_and_reloads_in_plain_diffusers(flux, concept_dir, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    out = train(build_config(overrides=train_overrides(flux, concept_dir, tmp_path / "db", method="dreambooth", steps=2,
+                                                       num_class_images=2, class_sample_steps=2, cpu=True)),
+                progress=False)
+    meta = json.loads((out / "adapter.json").read_text())
+    assert meta["family"] == "flux" and meta["files"] == {"denoiser": "transformer"}
+    pipe = plain_pipe(flux)
+    base = transformer_out(pipe)
+    pipe.transformer = FluxTransformer2DModel.from_pretrained(str(out / "transformer"))
+    assert (transformer_out(pipe) - base).abs().max() > 0
+    assert main(["sample", "--model", str(flux), "--adapter", str(out), "--prompt", "a sks circle", "--num-images", "1",
+                 "--steps", "2", "--resolution", "16", "--output", str(tmp_path / "s")]) == 0
+
+
+def test_the_runs_t5_length_is_recorded_and_restored_with_the_adapter(flux, concept_dir, tmp_path):
+    from cat_adapter.adapters import load_adapter
+
+    out = train(build_config(overrides=train_overrides(flux, concept_dir, tmp_path / "l", method="lora", steps=1,
+                                                       max_sequence_length=16, guidance=1.0)), progress=False)
+    assert json.loads((out / "adapter.json").read_text())["conditioning"] == {"max_sequence_length": 16}
+    model = load_model(ModelSpec(str(flux)))
+    assert model.text.max_sequence_length == 32
+    load_adapter(out).apply(model)
+    assert model.text.max_sequence_length == 16
+    assert model.text.encode(["a sks circle"], device="cpu").hidden.shape == (1, 16, 32)

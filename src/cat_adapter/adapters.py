@@ -43,6 +43,7 @@ def write_adapter_json(out_dir: Path, *, method: str, model, exported: list, con
     record = {"format_version": FORMAT_VERSION, "kinds": [e.kind for e in exported], "family": model.family,
               "base_model": {k: v for k, v in model.identity.items() if k != "family"}, "method": method,
               "files": files, "tokens": tokens, "concepts": concepts, "details": details,
+              "conditioning": model.conditioning(),
               "package_version": cat_adapter.__version__}
     path = Path(out_dir) / ADAPTER_JSON
     write_json_atomic(path, record)
@@ -60,6 +61,7 @@ class Adapter:
     tokens: dict[str, str] = field(default_factory=dict)
     concepts: list[dict] = field(default_factory=list)
     method: str | None = None
+    conditioning: dict = field(default_factory=dict)   # how the run encoded prompts (Flux: max_sequence_length)
     scale: float = 1.0
     _original_denoiser: object = None
 
@@ -87,6 +89,8 @@ class Adapter:
         """Load every kind into ``model`` as a user of plain diffusers would."""
         self.check_model(model, option)
         self.scale = float(scale)
+        if self.conditioning:
+            model.configure(**self.conditioning)   # prompts encoded as in training
         if "full" in self.kinds:
             self._original_denoiser = model.denoiser
             model.denoiser = model.load_denoiser(self.files["denoiser"], option=option)
@@ -145,7 +149,8 @@ def _from_json(folder: Path, option: str) -> Adapter:
         raise CatAdapterError(f"{option} {where}: lists {missing[0]}, which is missing")
     return Adapter(folder, list(record["kinds"]), files, f"cat-adapter {'+'.join(record['kinds'])} adapter",
                    family=record.get("family"), base_model=record.get("base_model"), tokens=record.get("tokens") or {},
-                   concepts=record.get("concepts") or [], method=record.get("method"))
+                   concepts=record.get("concepts") or [], method=record.get("method"),
+                   conditioning=record.get("conditioning") or {})
 
 
 def _from_folder(folder: Path, allow_pickle: bool, option: str) -> Adapter:

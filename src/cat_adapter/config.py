@@ -34,8 +34,8 @@ from cat_adapter.training import optimizers
 @dataclass
 class ModelConfig:
     model: str = opt(help="Base model: a hub id (runwayml/stable-diffusion-v1-5), a local diffusers "
-                     "StableDiffusionPipeline folder, a single-file .safetensors checkpoint, or toy (the built-in "
-                     "shapes-world model).")
+                     "StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline folder, a single-file "
+                     ".safetensors checkpoint (SD or SDXL), or toy (the built-in shapes-world model).")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit) of --model.")
     variant: str | None = opt(None, "Weight variant of --model to load, e.g. fp16.")
     single_file_config: str | None = opt(

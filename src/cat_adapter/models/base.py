@@ -29,7 +29,7 @@ def cast_floating(t: torch.Tensor, device, dtype) -> torch.Tensor:
 
 @dataclass
 class Cond:
-    """Text conditioning of a batch of rows: hidden states now; pooled embeddings and extra ids later."""
+    """Text conditioning of a batch of rows: hidden states, and the pooled embedding where the family has one."""
 
     hidden: torch.Tensor                               # (N, L, D) encoder hidden states
     pooled: torch.Tensor | None = None                 # (N, P) pooled embedding (SDXL, Flux)

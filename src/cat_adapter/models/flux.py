@@ -113,8 +113,10 @@ class FluxModel(SDModel):
     def has_guidance(self) -> bool:
         return bool(self.pipe.transformer.config.guidance_embeds)
 
-    def configure(self, *, guidance: float | None = None, max_sequence_length: int | None = None,
-                  option_prefix: str = "") -> None:
+    def conditioning(self) -> dict:
+        return {"max_sequence_length": self.text.max_sequence_length}
+
+    def configure(self, *, guidance: float | None = None, max_sequence_length: int | None = None) -> None:
         """The run's --guidance and --max-sequence-length, checked against this model."""
         if guidance is not None:
             if not self.has_guidance:

@@ -360,7 +360,12 @@ class SDModel:
 
     @contextmanager
     def ungraded(self) -> Iterator[None]:
-        """Within the block ``predict`` runs the plain module, not accelerate's wrapper (the frozen pass)."""
+        """Within the block ``predict`` runs the plain module, not accelerate's wrapper (the frozen pass).
+
+        Under DDP that is right: every rank holds the whole module, the frozen pass needs no gradient, and a
+        forward through the DDP wrapper would only add its bookkeeping (buffer broadcast, the reducer's
+        expectation of a backward for a graded forward). Gradients are still averaged across ranks: they come
+        from the graded passes, which run through the wrapper."""
         graded, self._graded = self._graded, None
         try:
             yield
@@ -407,6 +412,17 @@ class SDModel:
     @property
     def default_resolution(self) -> int:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    def conditioning(self) -> dict:
+        """Prompt-encoding settings a run records in adapter.json and ``configure`` restores (none for SD)."""
+        return {}
+
+    def configure(self, **settings) -> None:
+        """The family's own options (Flux: --guidance, --max-sequence-length); SD and SDXL have none."""
+        given = {k: v for k, v in settings.items() if v is not None}
+        if given:
+            raise CatAdapterError(f"--{next(iter(given)).replace('_', '-')} is a Flux option; this is a "
+                                  f"{self.family} model")
 
     # ------------------------------------------------------------------------------------ sampling
     def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,7 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
                                   **trackers.accelerator_kwargs(run.report_to, out))
     elif accelerator.gradient_accumulation_steps != cfg.optim.gradient_accumulation_steps:
         raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
+    check_distributed_type(accelerator)
     try:
         t0 = time.perf_counter()
         s = setup(cfg, items, inputs, accelerator, specs=specs, init_state=init_state,
@@ -124,6 +125,16 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
         if owned:  # private, but the only way accelerate offers to change precision within one process
             AcceleratorState._reset_state()
     return out
+
+
+def check_distributed_type(accelerator) -> None:
+    """DDP (and one process) only: under FSDP or DeepSpeed ZeRO-3 the denoiser's weights are sharded, and CAT's frozen
+    pass, the checkpoints and the exported LoRA read the unwrapped module's weights, which would be shards."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise CatAdapterError(f"accelerate's distributed_type {kind} is not supported yet: cat-adapter trains with "
+                              "DDP (accelerate launch --multi_gpu); a Flux-dev LoRA fits one 80 GB GPU in bf16 with "
+                              "--gradient-checkpointing, so DDP replicates it")
 
 
 def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict, list[ConceptSpec]]:
@@ -279,7 +290,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
 
 def check_model_options(cfg: TrainConfig, model) -> None:
     """Options the loaded model's family cannot serve: one-line errors before anything is written; then the
-    family's own options (--guidance, --max-sequence-length) are set on the model."""
+    family's own options (Flux: --guidance, --max-sequence-length) are set on the model."""
     parts, fam, m, o = registry.get_spec(cfg.method.method).parts, model.family, cfg.model, cfg.optim
     if "lora" in parts and cfg.lora.train_text_encoder and not model.supports_text_encoder_lora:
         raise CatAdapterError(f"--train-text-encoder is not built for the {fam} family yet; train the "
@@ -296,11 +307,7 @@ def check_model_options(cfg: TrainConfig, model) -> None:
                               f"{fam} model trains with DDPM noise (see --snr-gamma)")
     if o.snr_gamma is not None and flow:
         raise CatAdapterError("--snr-gamma is for DDPM models; flow-matching models weight with --weighting-scheme")
-    if (m.guidance is not None or m.max_sequence_length is not None) and not hasattr(model, "configure"):
-        option = "--guidance" if m.guidance is not None else "--max-sequence-length"
-        raise CatAdapterError(f"{option} is a Flux option; this is a {fam} model")
-    if hasattr(model, "configure"):
-        model.configure(guidance=m.guidance, max_sequence_length=m.max_sequence_length)
+    model.configure(guidance=m.guidance, max_sequence_length=m.max_sequence_length)
 
 
 def training_buckets(cfg: TrainConfig, model) -> list[tuple[int, int]] | None:
