@@ -154,9 +154,6 @@ def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny:
     if cuda:
         out["model_and_optimizer_mb"] = base / 2**20
         out["peak_above_model_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    del method, model, opt
-    if cuda:
-        torch.cuda.empty_cache()
     return out
 
 
@@ -196,7 +193,11 @@ def main() -> None:
                                                      steps=steps, warmup=warmup)
             except torch.cuda.OutOfMemoryError:
                 cell["variants"][variant] = {"variant": variant, "oom": True}
-                torch.cuda.empty_cache()
+            if device == "cuda":
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()   # the cell's model and optimizer went out of scope
         cell["wall_s"] = round(time.perf_counter() - t0, 1)
         lora = cell["variants"].get("lora", {})
         for v in cell["variants"].values():

@@ -16,16 +16,14 @@ What differs from SD, as diffusers' ``FluxPipeline`` and its Flux training scrip
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from cat_adapter.diffusion import FlowMatchObjective
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
-from cat_adapter.models.sd import SDModel, SDText, is_lokr_file, load_pipeline
+from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, register_family
+from cat_adapter.models.sd import SDModel, SDText, load_pipeline
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 # diffusers' train_dreambooth_lora_flux.py default targets (attention of both streams and both feed-forwards)
@@ -93,11 +91,15 @@ class FluxModel(SDModel):
 
     family = "flux"
     lora_targets = LORA_TARGETS
+    target_examples = "attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp"
+    pipeline_class = "FluxPipeline"
+    text_encoders = ("text_encoder", "text_encoder_2")
     supports_text_encoder_lora = False
     supports_kohya_export = False
     supports_tokens = False
     denoiser_class = "FluxTransformer2DModel"
     denoiser_name = "transformer"
+    denoiser_label = "Flux transformer"
 
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
         self.pipe = pipe
@@ -129,27 +131,6 @@ class FluxModel(SDModel):
                 raise CatAdapterError(f"--max-sequence-length {max_sequence_length}: must be in [1, {limit}] (the T5 "
                                       f"tokenizer's model_max_length, at most {T5_LIMIT})")
             self.text.max_sequence_length = int(max_sequence_length)
-
-    # ------------------------------------------------------------------------------------ components
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @denoiser.setter
-    def denoiser(self, module: torch.nn.Module) -> None:
-        self.pipe.transformer = module
-
-    def frozen_components(self) -> list[torch.nn.Module]:
-        return [self.pipe.transformer, self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2]
-
-    @contextmanager
-    def denoiser_swapped(self, module: torch.nn.Module) -> Iterator[None]:
-        current, graded = self.pipe.transformer, self._graded
-        self.pipe.transformer, self._graded = module, None
-        try:
-            yield
-        finally:
-            self.pipe.transformer, self._graded = current, graded
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
                 lora_scale: float | None = None) -> torch.Tensor:
@@ -200,42 +181,8 @@ class FluxModel(SDModel):
         return kwargs
 
     # ------------------------------------------------------------------------------------ LoRA files
-    def check_lora_targets(self, targets: list[str]) -> None:
-        names = [n for n, _ in self.pipe.transformer.named_modules()]
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-        if missing:
-            raise CatAdapterError(f"--target-modules: no Flux transformer module named {', '.join(missing)} "
-                                  "(names end a module path, e.g. attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp)")
-
-    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict,
-                  text_encoder_state: dict[str, torch.Tensor] | None = None, text_encoder_metadata: dict | None = None
-                  ) -> Path:
-        """``FluxPipeline.save_lora_weights`` with the adapter metadata (peft's key names under ``transformer.``)."""
-        from diffusers import FluxPipeline
-
-        from cat_adapter.io import atomic_path
-        from cat_adapter.models.sd import LORA_WEIGHT_NAME
-
-        if text_encoder_state:
-            raise CatAdapterError("--train-text-encoder is not built for Flux yet")
-        target = Path(out_dir) / LORA_WEIGHT_NAME
-        with atomic_path(target) as tmp:
-            FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=state_dict, weight_name=tmp.name,
-                                           transformer_lora_adapter_metadata=metadata, safe_serialization=True)
-        return target
-
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
         raise CatAdapterError("--export-format kohya is not built for Flux; the diffusers file loads in ComfyUI too")
-
-    def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None:
-        try:
-            if is_lokr_file(file):
-                self.pipe.transformer.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="transformer",
-                                                        adapter_name=adapter_name)
-                return
-            self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
-        except Exception as exc:
-            raise CatAdapterError(f"{option} {file}: cannot load LoRA into this Flux model ({first_line(exc)})") from None
 
 
 def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:

@@ -301,8 +301,12 @@ class SDModel:
 
     family = "sd"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
-    denoiser_name = "unet"
+    target_examples = "to_q, to_out.0, proj_in, conv1"
+    pipeline_class = "StableDiffusionPipeline"
+    denoiser_name = "unet"                 # the pipeline's attribute, folder and LoRA key prefix
     denoiser_class = "UNet2DConditionModel"
+    denoiser_label = "U-Net"               # in messages
+    text_encoders = ("text_encoder",)
     supports_text_encoder_lora = True
     supports_kohya_export = True
     supports_tokens = True
@@ -327,14 +331,14 @@ class SDModel:
     # ------------------------------------------------------------------------------------ components
     @property
     def denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
+        return getattr(self.pipe, self.denoiser_name)
 
     @denoiser.setter
     def denoiser(self, module: torch.nn.Module) -> None:
-        self.pipe.unet = module
+        setattr(self.pipe, self.denoiser_name, module)
 
     def frozen_components(self) -> list[torch.nn.Module]:
-        return [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
+        return [self.denoiser, self.pipe.vae] + [getattr(self.pipe, n) for n in self.text_encoders]
 
     def to(self, device) -> "SDModel":
         self.pipe.to(device)
@@ -351,12 +355,12 @@ class SDModel:
     @contextmanager
     def denoiser_swapped(self, module: torch.nn.Module) -> Iterator[None]:
         """Within the block the pipeline and ``predict`` use ``module`` (a full fine-tune's base model)."""
-        current, graded = self.pipe.unet, self._graded
-        self.pipe.unet, self._graded = module, None
+        current, graded = self.denoiser, self._graded
+        self.denoiser, self._graded = module, None
         try:
             yield
         finally:
-            self.pipe.unet, self._graded = current, graded
+            self.denoiser, self._graded = current, graded
 
     @contextmanager
     def ungraded(self) -> Iterator[None]:
@@ -434,16 +438,17 @@ class SDModel:
 
     # ------------------------------------------------------------------------------------ LoRA files
     def check_lora_targets(self, targets: list[str]) -> None:
-        names = [n for n, _ in self.pipe.unet.named_modules()]
+        names = [n for n, _ in self.denoiser.named_modules()]
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
-            raise CatAdapterError(f"--target-modules: no U-Net module named {', '.join(missing)} "
-                                  "(names end a module path, e.g. to_q, to_out.0, proj_in, conv1)")
+            raise CatAdapterError(f"--target-modules: no {self.denoiser_label} module named {', '.join(missing)} "
+                                  f"(names end a module path, e.g. {self.target_examples})")
 
     def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict,
                   text_encoder_state: dict[str, torch.Tensor] | None = None, text_encoder_metadata: dict | None = None
                   ) -> Path:
-        """``out_dir/pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(out_dir)`` loads.
+        """``out_dir/pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(out_dir)`` loads, written by the
+        family's pipeline class (``save_lora_weights``) with the adapter metadata.
 
         Keys stay in peft's naming (``unet.<module>.lora_A.weight``), which diffusers loads as is. Not
         ``convert_state_dict_to_diffusers``: it renames attention keys only, and a file that mixes both
@@ -451,16 +456,19 @@ class SDModel:
         The adapter metadata (rank, lora_alpha, targets) is stored in the file: without it diffusers
         silently uses scale 1.0 when ``lora_alpha != rank``.
         """
-        from diffusers import StableDiffusionPipeline
+        import diffusers
 
         from cat_adapter.io import atomic_path
 
+        name = self.denoiser_name
+        kwargs = {f"{name}_lora_layers": state_dict, f"{name}_lora_adapter_metadata": metadata}
+        if text_encoder_state:
+            kwargs.update(text_encoder_lora_layers=text_encoder_state,
+                          text_encoder_lora_adapter_metadata=text_encoder_metadata)
         target = Path(out_dir) / LORA_WEIGHT_NAME
         with atomic_path(target) as tmp:
-            StableDiffusionPipeline.save_lora_weights(tmp.parent, unet_lora_layers=state_dict, weight_name=tmp.name,
-                                                      unet_lora_adapter_metadata=metadata, safe_serialization=True,
-                                                      text_encoder_lora_layers=text_encoder_state,
-                                                      text_encoder_lora_adapter_metadata=text_encoder_metadata)
+            getattr(diffusers, self.pipeline_class).save_lora_weights(tmp.parent, weight_name=tmp.name,
+                                                                      safe_serialization=True, **kwargs)
         return target
 
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
@@ -483,13 +491,14 @@ class SDModel:
 
     def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None:
         try:
-            if is_lokr_file(file):  # diffusers' load_lora_weights takes LoRA keys only; the U-Net's loader takes LoKr
-                self.pipe.unet.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="unet",
-                                                 adapter_name=adapter_name)  # folder + name: metadata (alpha) is read
+            if is_lokr_file(file):  # diffusers' load_lora_weights takes LoRA keys only; the denoiser's loader takes LoKr
+                self.denoiser.load_lora_adapter(str(file.parent), weight_name=file.name, prefix=self.denoiser_name,
+                                                adapter_name=adapter_name)  # folder + name: metadata (alpha) is read
                 return
             self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
         except Exception as exc:  # diffusers raises ValueError/KeyError/RuntimeError for incompatible files
-            raise CatAdapterError(f"{option} {file}: cannot load LoRA into this model ({first_line(exc)})") from None
+            raise CatAdapterError(f"{option} {file}: cannot load LoRA into this {self.family} model "
+                                  f"({first_line(exc)})") from None
 
     # ------------------------------------------------------------------------------------ full weights
     def save_denoiser(self, folder: Path, dtype: torch.dtype) -> Path:
@@ -513,7 +522,7 @@ class SDModel:
             net = getattr(diffusers, self.denoiser_class).from_pretrained(str(folder), use_safetensors=True,
                                                                          **dtype_kwarg(current.dtype))
         except Exception as exc:
-            raise CatAdapterError(f"{option} {folder}: cannot load the {self.denoiser_name} "
+            raise CatAdapterError(f"{option} {folder}: cannot load the {self.denoiser_label} "
                                   f"({first_line(exc)})") from None
         return net.to(current.device).eval().requires_grad_(False)
 

@@ -28,7 +28,7 @@ import torch
 
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
-from cat_adapter.models.sd import SDModel, SDText, is_lokr_file, load_pipeline
+from cat_adapter.models.sd import SDModel, SDText, load_pipeline
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 EMBED_KEYS = ("clip_l", "clip_g")   # the two encoders' rows in an SDXL embedding file
@@ -145,14 +145,13 @@ class SDXLModel(SDModel):
     """A loaded ``StableDiffusionXLPipeline``."""
 
     family = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+    text_encoders = ("text_encoder", "text_encoder_2")
     supports_text_encoder_lora = False
 
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
         super().__init__(pipe, spec, resolved)
         self.text = SDXLText(pipe)
-
-    def frozen_components(self) -> list[torch.nn.Module]:
-        return super().frozen_components() + [self.pipe.text_encoder_2]
 
     def time_ids(self, z_t: torch.Tensor, micro: torch.Tensor | None) -> torch.Tensor:
         """(B, 6): ``micro`` as given, else the latent's own size in pixels, no crop (the pipeline's default)."""
@@ -184,23 +183,6 @@ class SDXLModel(SDModel):
             vae.to(dtype)
 
     # ------------------------------------------------------------------------------------ LoRA files
-    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict,
-                  text_encoder_state: dict[str, torch.Tensor] | None = None, text_encoder_metadata: dict | None = None
-                  ) -> Path:
-        """``StableDiffusionXLPipeline.save_lora_weights`` with the adapter metadata (peft's key names)."""
-        from diffusers import StableDiffusionXLPipeline
-
-        from cat_adapter.io import atomic_path
-        from cat_adapter.models.sd import LORA_WEIGHT_NAME
-
-        if text_encoder_state:
-            raise CatAdapterError("--train-text-encoder is not built for SDXL yet")
-        target = Path(out_dir) / LORA_WEIGHT_NAME
-        with atomic_path(target) as tmp:
-            StableDiffusionXLPipeline.save_lora_weights(tmp.parent, unet_lora_layers=state_dict, weight_name=tmp.name,
-                                                        unet_lora_adapter_metadata=metadata, safe_serialization=True)
-        return target
-
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
         """sd-scripts' SDXL file: ``lora_unet_<SGM module path>.lora_down/lora_up/alpha``."""
         from safetensors.torch import save_file
@@ -222,16 +204,6 @@ class SDXLModel(SDModel):
             save_file(out, str(tmp), metadata={"ss_network_module": "networks.lora", "ss_network_alpha": str(alpha),
                                                "ss_network_dim": str(rank), "ss_base_model_version": "sdxl_base_v1-0"})
         return path
-
-    def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None:
-        try:
-            if is_lokr_file(file):
-                self.pipe.unet.load_lora_adapter(str(file.parent), weight_name=file.name, prefix="unet",
-                                                 adapter_name=adapter_name)
-                return
-            self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name)
-        except Exception as exc:
-            raise CatAdapterError(f"{option} {file}: cannot load LoRA into this SDXL model ({first_line(exc)})") from None
 
 
 def sgm_names(unet) -> dict[str, str]:
