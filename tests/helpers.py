@@ -52,3 +52,38 @@ def train_cli_error(capsys, model, data, out, *extra, class_noun: str | None = "
     assert err and (len(err) == 1 or err[0].startswith("usage:")), err
     assert not out.exists()
     return err[-1]
+
+
+def check_sample_evaluate_compare(model, concept_dir, tmp_path, out):
+    """``sample`` (with the trained adapter ``out`` and without: other pixels), ``evaluate`` (identity and drift
+    scored) and a one-job ``compare`` plan on ``model``, all at 16 px."""
+    import json
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from cat_adapter.cli.main import main
+    from cat_adapter.testing.tiny_clip import build_tiny_clip
+
+    for adapter in (str(out), "none"):
+        assert main(["sample", "--model", str(model), "--adapter", adapter, "--prompt", "a sks circle", "--num-images",
+                     "1", "--steps", "2", "--resolution", "16",
+                     "--output", str(tmp_path / ("s_" + adapter.replace("/", "_")))]) == 0
+    a = np.asarray(Image.open(tmp_path / ("s_" + str(out).replace("/", "_")) / "00-seed0.png"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "s_none" / "00-seed0.png"), dtype=np.int16)
+    assert a.shape == (16, 16, 3) and np.abs(a - b).max() > 0
+    clip = build_tiny_clip(tmp_path / "clip", image_size=16, patch_size=8)
+    assert main(["evaluate", "--model", str(model), "--adapter", str(out), "--data", str(concept_dir), "--clip",
+                 str(clip), "--images-per-prompt", "1", "--sample-steps", "2", "--drift-samples", "1", "--resolution",
+                 "16", "--output", str(tmp_path / "eval")]) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert m["identity_score"] is not None and m["drift_plain"] > 0
+    plan = {"concepts": [{"name": "circle", "data": str(concept_dir), "trigger": "sks", "class_noun": "circle"}],
+            "variants": [{"name": "cat", "method": "cat"}], "seeds": [0],
+            "shared": {"model": str(model), "steps": 2, "lr": 1e-3, "resolution": 16},
+            "evaluation": {"clip": str(clip), "images_per_prompt": 1, "sample_steps": 2, "drift_samples": 1,
+                           "resolution": 16}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    assert main(["compare", "--plan", str(tmp_path / "plan.yaml"), "--output", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "jobs" / "circle__cat__seed0" / "done.json").is_file()

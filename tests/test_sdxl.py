@@ -8,11 +8,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-import yaml
-from helpers import KILLER, train_cli_error, train_overrides
+from helpers import KILLER, check_sample_evaluate_compare, train_cli_error, train_overrides
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -176,29 +174,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(sdxl, concept_dir, tmp_p
 
 
 def test_sample_evaluate_and_compare_run_on_sdxl(sdxl, concept_dir, tmp_path):
-    from cat_adapter.testing.tiny_clip import build_tiny_clip
-
     out = train(build_config(overrides=train_overrides(sdxl, concept_dir, tmp_path / "cat", method="cat", steps=2)),
                 progress=False)
-    for adapter in (str(out), "none"):
-        assert main(["sample", "--model", str(sdxl), "--adapter", adapter, "--prompt", "a sks circle", "--num-images",
-                     "1", "--steps", "2", "--output", str(tmp_path / ("s_" + adapter.replace("/", "_")))]) == 0
-    a = np.asarray(Image.open(tmp_path / ("s_" + str(out).replace("/", "_")) / "00-seed0.png"), dtype=np.int16)
-    b = np.asarray(Image.open(tmp_path / "s_none" / "00-seed0.png"), dtype=np.int16)
-    assert a.shape == (16, 16, 3) and np.abs(a - b).max() > 0
-    clip = build_tiny_clip(tmp_path / "clip", image_size=16, patch_size=8)
-    assert main(["evaluate", "--model", str(sdxl), "--adapter", str(out), "--data", str(concept_dir), "--clip", str(clip),
-                 "--images-per-prompt", "1", "--sample-steps", "2", "--drift-samples", "1",
-                 "--output", str(tmp_path / "eval")]) == 0
-    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert m["identity_score"] is not None and m["drift_plain"] > 0
-    plan = {"concepts": [{"name": "circle", "data": str(concept_dir), "trigger": "sks", "class_noun": "circle"}],
-            "variants": [{"name": "cat", "method": "cat"}], "seeds": [0],
-            "shared": {"model": str(sdxl), "steps": 2, "lr": 1e-3, "resolution": 16},
-            "evaluation": {"clip": str(clip), "images_per_prompt": 1, "sample_steps": 2, "drift_samples": 1}}
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
-    assert main(["compare", "--plan", str(tmp_path / "plan.yaml"), "--output", str(tmp_path / "cmp")]) == 0
-    assert (tmp_path / "cmp" / "jobs" / "circle__cat__seed0" / "done.json").is_file()
+    check_sample_evaluate_compare(sdxl, concept_dir, tmp_path, out)
 
 
 def test_bad_input(sdxl, tiny_model, concept_dir, tmp_path, capsys):

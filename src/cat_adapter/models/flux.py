@@ -101,15 +101,12 @@ class FluxModel(SDModel):
     denoiser_name = "transformer"
     denoiser_label = "Flux transformer"
 
+    text_class = FluxText
+    objective_class = FlowMatchObjective
+
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
-        self.pipe = pipe
-        self.spec = spec
-        self.resolved = resolved
-        self.text = FluxText(pipe)
-        self.objective = FlowMatchObjective(pipe.scheduler.config)
+        super().__init__(pipe, spec, resolved)
         self.guidance = 3.5 if self.has_guidance else None   # diffusers' Flux scripts' default
-        self._graded = None
-        self._identity = None
 
     @property
     def has_guidance(self) -> bool:

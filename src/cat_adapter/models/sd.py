@@ -307,6 +307,8 @@ class SDModel:
     denoiser_class = "UNet2DConditionModel"
     denoiser_label = "U-Net"               # in messages
     text_encoders = ("text_encoder",)
+    text_class = SDText
+    objective_class = DDPMObjective
     supports_text_encoder_lora = True
     supports_kohya_export = True
     supports_tokens = True
@@ -316,8 +318,8 @@ class SDModel:
         self.pipe = pipe
         self.spec = spec
         self.resolved = resolved
-        self.text = SDText(pipe)
-        self.objective = DDPMObjective(pipe.scheduler.config)
+        self.text = self.text_class(pipe)
+        self.objective = self.objective_class(pipe.scheduler.config)
         self._graded = None   # the module graded passes run through (accelerate's wrapper), if set
         self._identity = None
 

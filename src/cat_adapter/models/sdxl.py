@@ -147,11 +147,8 @@ class SDXLModel(SDModel):
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
     text_encoders = ("text_encoder", "text_encoder_2")
+    text_class = SDXLText
     supports_text_encoder_lora = False
-
-    def __init__(self, pipe, spec: ModelSpec, resolved: str):
-        super().__init__(pipe, spec, resolved)
-        self.text = SDXLText(pipe)
 
     def time_ids(self, z_t: torch.Tensor, micro: torch.Tensor | None) -> torch.Tensor:
         """(B, 6): ``micro`` as given, else the latent's own size in pixels, no crop (the pipeline's default)."""
