@@ -77,6 +77,11 @@ def test_each_row_carries_its_images_original_size_and_crop(sdxl, tmp_path):
     sampler = StreamSampler(cache, batch_size=2, pool_size=0, objective=model.objective, seed=0)
     seen = {tuple(row) for _ in range(6) for row in sampler.next().instance.micro.tolist()}
     assert seen == {(20, 40, 0, 8, 16, 16), (16, 16, 0, 0, 16, 16)}
+    # --buckets: the target is the bucket (40x20 -> bucket 24x8: scaled to 24x12, cropped 2 px from the top)
+    cache = build_cache(model, items, resolution=16, random_flip=False, device="cpu", buckets=[(16, 16), (24, 8)])
+    sampler = StreamSampler(cache, batch_size=1, pool_size=0, objective=model.objective, seed=0)
+    seen = {tuple(row) for _ in range(20) for row in sampler.next().instance.micro.tolist()}
+    assert seen == {(20, 40, 2, 0, 8, 24), (16, 16, 0, 0, 16, 16)}
 
 
 def test_cat_changes_only_lora_and_alpha_zero_equals_lora(sdxl, concept_dir, tmp_path):
