@@ -83,9 +83,10 @@ class FlowMatchObjective:
     t is drawn through ``compute_density_for_timestep_sampling`` (``none`` and ``sigma_sqrt`` / ``cosmap``:
     uniform; ``logit_normal``: sigmoid of N(logit_mean, logit_std); ``mode``: skewed by ``mode_scale``) with
     the data stream's generator, as an index into the scheduler's training timesteps; sigma = t / T (the
-    scheduler's training sigmas: unshifted for Flux, whose config shifts at sampling time). z_t = (1 - sigma) z_0 + sigma eps, target v = eps - z_0.
-    Only ``sigma_sqrt`` (1 / sigma^2) and ``cosmap`` weight the loss, per row
-    (``compute_loss_weighting_for_sd3``). Timesteps are floats in (0, T]; the denoiser sees t / T.
+    scheduler's training sigmas: unshifted for Flux, whose config shifts at sampling time).
+    z_t = (1 - sigma) z_0 + sigma eps, target v = eps - z_0. Only ``sigma_sqrt`` (1 / sigma^2) and ``cosmap``
+    weight the loss, per row (``compute_loss_weighting_for_sd3``). Timesteps are floats in (0, T]; the
+    denoiser sees t / T.
     """
 
     name = "flow"

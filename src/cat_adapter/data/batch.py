@@ -22,7 +22,7 @@ class Noised:
 
     latents: torch.Tensor        # (B, C, h, w) z_0, already scaled
     noise: torch.Tensor          # (B, C, h, w) eps
-    timesteps: torch.Tensor      # (B,) long (DDPM); flow matching will use floats
+    timesteps: torch.Tensor      # (B,) long (DDPM) or float (flow matching: sigma x 1000)
     micro: torch.Tensor | None = None  # (B, 6) long: each image's original (h, w), crop (top, left) and target
                                        # (h, w) in pixels: SDXL's time ids; other families ignore it
 

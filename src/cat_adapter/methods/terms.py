@@ -27,7 +27,7 @@ class Rows:
     t: torch.Tensor
     cond: Cond
     target: torch.Tensor | None
-    weights: torch.Tensor | None = None      # per-row loss weights (--snr-gamma); None: plain mean
+    weights: torch.Tensor | None = None      # per-row loss weights (--snr-gamma, --weighting-scheme); None: plain mean
     frozen_cond: Callable[[], Cond] | None = None   # the frozen pass's conditioning when it is not ``cond``
                                                     # (text-encoder LoRA: y through the frozen encoder)
     micro: torch.Tensor | None = None        # (N, 6) each row's image sizes and crop (``Noised.micro``)

@@ -10,7 +10,6 @@ import torch
 from cat_adapter.methods.base import Exported, check_state_keys
 
 
-
 class FullPart:
     """A full fine-tune. The frozen copy of the original weights (kept in the frozen components' dtype) exists
     only when something needs the base model during training: the preservation term or validation grids."""

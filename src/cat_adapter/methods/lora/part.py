@@ -92,7 +92,7 @@ class LoraPart:
 
     def _add_text_encoder_lora(self, o) -> None:
         """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
-        if not getattr(self.model, "supports_text_encoder_lora", True):
+        if not self.model.supports_text_encoder_lora:
             raise CatAdapterError(f"--train-text-encoder is not built for the {self.model.family} family yet; "
                                   "train the denoiser's LoRA alone")
         encoder = self.model.text.encoder
