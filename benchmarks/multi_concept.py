@@ -7,6 +7,8 @@ another concept's look (off-diagonal), each member's class-prompt concept rate, 
 rate with the same steps per concept (same variant and seed). Targets:
 - trio under CAT: own rate >= 0.25 and >= 0.8 x the single-concept CAT rate; off-diagonal <= 0.10; class rate <= 0.05;
 - hearts under CAT: own rate >= 0.5 x the single-concept CAT rate; looks mix no more often than under LoRA.
+The targets are checked on the rates pooled over seeds (3 seeds x 21 images = 63 per prompt, as the issue reads
+them), and, for reference, on every seed alone.
 
     python benchmarks/multi_concept.py runs/multi_concept     # -> benchmarks/results/multi_concept.{json,md}
 """
@@ -54,24 +56,29 @@ def main() -> None:
             lines.append(f"| {group} | {variant} | {seed} | {name} | {own:.3f} ({'-' if single is None else f'{single:.3f}'}) | "
                          f"{'-' if ratio is None else f'{ratio:.2f}'} | {other:.3f} | {cls:.3f} |")
 
-    def sel(group, variant):
-        return [r for r in rows if r["group"] == group and r["variant"] == variant]
+    def checks_of(rs: list[dict], label: str) -> dict[str, bool]:
+        """The issue's targets over rows (per seed, or pooled over seeds); ``ratio`` is own / single."""
+        def sel(group, variant):
+            return [r for r in rs if r["group"] == group and r["variant"] == variant]
 
-    checks = {}
-    trio = sel("trio", "cat")
-    if trio:
-        checks["trio: own >= 0.25"] = all(r["own"] >= 0.25 for r in trio)
-        checks["trio: own >= 0.8 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.8 for r in trio)
-        checks["trio: other look <= 0.10"] = all(r["other"] <= 0.10 for r in trio)
-        checks["trio: class rate <= 0.05"] = all(r["class_rate"] <= 0.05 for r in trio)
-    hearts, hearts_lora = sel("hearts", "cat"), sel("hearts", "lora")
-    if hearts:
-        checks["hearts: own >= 0.5 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.5 for r in hearts)
-        if hearts_lora:
-            mix_cat = statistics.fmean(r["other"] for r in hearts)
-            mix_lora = statistics.fmean(r["other"] for r in hearts_lora)
-            checks["hearts: mixing (mean other look) cat <= lora"] = mix_cat <= mix_lora
-            out["hearts_mixing"] = {"cat": mix_cat, "lora": mix_lora}
+        c = {}
+        trio = sel("trio", "cat")
+        if trio:
+            c[f"{label} trio: own >= 0.25"] = all(r["own"] >= 0.25 for r in trio)
+            c[f"{label} trio: own >= 0.8 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.8 for r in trio)
+            c[f"{label} trio: other look <= 0.10"] = all(r["other"] <= 0.10 for r in trio)
+            c[f"{label} trio: class rate <= 0.05"] = all(r["class_rate"] <= 0.05 for r in trio)
+        hearts, hearts_lora = sel("hearts", "cat"), sel("hearts", "lora")
+        if hearts:
+            c[f"{label} hearts: own >= 0.5 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.5 for r in hearts)
+            if hearts_lora:
+                mix_cat = statistics.fmean(r["other"] for r in hearts)
+                mix_lora = statistics.fmean(r["other"] for r in hearts_lora)
+                c[f"{label} hearts: mixing (mean other look) cat <= lora ({mix_cat:.4f} vs {mix_lora:.4f})"] = \
+                    mix_cat <= mix_lora
+                out.setdefault("hearts_mixing", {"cat": mix_cat, "lora": mix_lora})
+        return c
+
     means = []
     lines += ["", "Means over seeds:", "", "| group | variant | member | own rate | single-concept rate | ratio of means | "
               "largest other look | class rate |", "|---|---|---|---|---|---|---|---|"]
@@ -83,8 +90,12 @@ def main() -> None:
                       "other": other, "class_rate": cls})
         lines.append(f"| {group} | {variant} | {member} | {own:.3f} | {'-' if single is None else f'{single:.3f}'} | "
                      f"{'-' if not single else f'{own / single:.2f}'} | {other:.3f} | {cls:.3f} |")
+    pooled = [{**m, "ratio": m["own"] / m["single"] if m["single"] else None} for m in means]
+    checks = {**checks_of(pooled, "pooled over seeds (the issue's >= 63 images per prompt):"),
+              **checks_of(rows, "every seed alone:")}
     out.update(rows=rows, means=means, checks=checks)
-    lines += ["", "Per-seed checks:", "", *[f"- {k}: {'holds' if v else 'FAILS'}" for k, v in checks.items()]]
+    lines += ["", "Checks (the acceptance reads the pooled rates: 3 seeds x 21 images per prompt; each seed alone is "
+              "stricter and shown for reference):", "", *[f"- {k} {'holds' if v else 'FAILS'}" for k, v in checks.items()]]
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.with_suffix(".json").write_text(json.dumps(out, indent=1))
     a.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
