@@ -87,3 +87,34 @@ def check_sample_evaluate_compare(model, concept_dir, tmp_path, out):
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert main(["compare", "--plan", str(tmp_path / "plan.yaml"), "--output", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "jobs" / "circle__cat__seed0" / "done.json").is_file()
+
+
+def check_killed_run_resumes_to_the_straight_run(kw: dict, tmp_path, kill_at: int = 4) -> None:
+    """SIGKILL the run ``kw`` at its ``kill_at``-th step, ``--resume`` it, and assert its LoRA equals (1e-6) the
+    uninterrupted run's."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from cat_adapter.config import build_config
+    from cat_adapter.training.loop import train
+
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), str(kill_at)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    resumed = train(build_config(overrides={**kw, "resume": True}), progress=False)
+    straight = train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
+    wa = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
+def randomize_lora(denoiser, scale: float = 0.2, seed: int = 0) -> None:
+    """Every LoRA tensor of ``denoiser`` set to seeded N(0, scale^2) values (a 'trained' adapter with B != 0)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for name, p in denoiser.named_parameters():
+        if "lora_" in name:
+            p.data = scale * torch.randn(p.shape, generator=g)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import KILLER, check_sample_evaluate_compare, train_cli_error, train_overrides
+from helpers import (check_killed_run_resumes_to_the_straight_run, check_sample_evaluate_compare, randomize_lora,
+                     train_cli_error, train_overrides)
 from safetensors.torch import load_file
 
 from cat_adapter.cli.main import main
@@ -123,10 +122,7 @@ def test_saved_lora_loads_in_plain_diffusers_with_the_trained_outputs(flux, tmp_
     freeze(*model.frozen_components())
     cfg = build_config(overrides=dict(model=str(flux), data="-", output="-", class_noun="circle", rank=4, lora_alpha=8.0))
     m = build_method(cfg, model)
-    g = torch.Generator().manual_seed(0)
-    for name, p in model.denoiser.named_parameters():
-        if "lora_" in name:
-            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    randomize_lora(model.denoiser)
     trained = transformer_out(model.pipe)
     m.export(tmp_path / "lora")
     fresh = plain_pipe(flux)
@@ -137,13 +133,7 @@ def test_saved_lora_loads_in_plain_diffusers_with_the_trained_outputs(flux, tmp_
 def test_resume_after_sigkill_matches_uninterrupted_run(flux, concept_dir, tmp_path):
     kw = train_overrides(flux, concept_dir, tmp_path / "killed", method="cat", steps=6, checkpoint_every=2,
                          weighting_scheme="cosmap", random_flip=True, cpu=True)
-    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), "4"], capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    resumed = train(build_config(overrides={**kw, "resume": True}), progress=False)
-    straight = train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
-    wa = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
-    wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+    check_killed_run_resumes_to_the_straight_run(kw, tmp_path)
 
 
 def test_sample_evaluate_and_compare_run_on_flux(flux, concept_dir, tmp_path):

@@ -5,12 +5,11 @@ bad input."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import KILLER, check_sample_evaluate_compare, train_cli_error, train_overrides
+from helpers import (check_killed_run_resumes_to_the_straight_run, check_sample_evaluate_compare, randomize_lora,
+                     train_cli_error, train_overrides)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -116,10 +115,7 @@ def test_diffusers_and_kohya_files_load_in_plain_diffusers_with_the_trained_outp
     cfg = build_config(overrides=dict(model=str(sdxl), data="-", output="-", class_noun="circle", rank=4, lora_alpha=8.0,
                                       target_modules=targets))
     m = build_method(cfg, model)
-    g = torch.Generator().manual_seed(0)
-    for name, p in model.denoiser.named_parameters():
-        if "lora_" in name:
-            p.data = 0.2 * torch.randn(p.shape, generator=g)
+    randomize_lora(model.denoiser)
     trained = unet_out(model.denoiser)
     m.export(tmp_path / "lora", export_format="kohya")
     for weight in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"):
@@ -169,13 +165,7 @@ def test_dreambooth_and_ti_train_and_reload_in_plain_diffusers(sdxl, concept_dir
 def test_resume_after_sigkill_matches_uninterrupted_run(sdxl, concept_dir, tmp_path):
     kw = train_overrides(sdxl, concept_dir, tmp_path / "killed", method="cat", steps=6, checkpoint_every=2,
                          random_flip=True, cpu=True)
-    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), "4"], capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    resumed = train(build_config(overrides={**kw, "resume": True}), progress=False)
-    straight = train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
-    wa = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
-    wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+    check_killed_run_resumes_to_the_straight_run(kw, tmp_path)
 
 
 def test_sample_evaluate_and_compare_run_on_sdxl(sdxl, concept_dir, tmp_path):
