@@ -1,12 +1,15 @@
 """Several concepts in one adapter on the toy world: the acceptance figures from a finished compare folder of
 ``benchmarks/plans/multi_concept.yaml``.
 
-For each group (trio: three classes; hearts: one class) and variant (lora, cat), per seed: each trigger's own
+For each group and variant (lora, cat), per seed: each trigger's own
 concept rate (the confusion diagonal: share of its trigger images with its own look), the largest share of
 another concept's look (off-diagonal), each member's class-prompt concept rate, and the single-concept adapter's
-rate with the same steps per concept (same variant and seed). Targets:
-- trio under CAT: own rate >= 0.25 and >= 0.8 x the single-concept CAT rate; off-diagonal <= 0.10; class rate <= 0.05;
-- hearts under CAT: own rate >= 0.5 x the single-concept CAT rate; looks mix no more often than under LoRA.
+rate with the same steps per concept (same variant and seed). A group's kind is read from its members' class nouns
+in the folder's plan.json (not from its name). Targets:
+- a group of concepts of different classes, under CAT: own rate >= 0.25 and >= 0.8 x the single-concept CAT rate;
+  off-diagonal <= 0.10; class rate <= 0.05;
+- a group of concepts of one class, under CAT: own rate >= 0.5 x the single-concept CAT rate; looks mix no more
+  often than under LoRA.
 The targets are checked on the rates pooled over seeds (3 seeds x 21 images = 63 per prompt, as the issue reads
 them), and, for reference, on every seed alone.
 
@@ -19,6 +22,18 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+
+def group_kinds(folder: Path) -> dict[str, str]:
+    """``{group: "classes" | "one class" | "mixed"}`` from the members' class nouns in the folder's plan.json."""
+    concepts = {c["name"]: c for c in json.loads((folder / "plan.json").read_text())["plan"]["concepts"]}
+    kinds = {}
+    for name, c in concepts.items():
+        if c["kind"] == "group":
+            nouns = [concepts[m]["class_noun"] for m in c["members"]]
+            kinds[name] = ("one class" if len(set(nouns)) == 1 else
+                           "classes" if len(set(nouns)) == len(nouns) else "mixed")
+    return kinds
 
 
 def load(folder: Path) -> tuple[dict, dict]:
@@ -39,7 +54,8 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "multi_concept")
     a = p.parse_args()
     groups, singles = load(a.folder)
-    rows, out = [], {}
+    kinds = group_kinds(a.folder)
+    rows, out = [], {"group_kinds": kinds}
     lines = ["| group | variant | seed | member | own rate (single) | own / single | largest other look | class rate |",
              "|---|---|---|---|---|---|---|---|"]
     for (group, variant, seed), m in sorted(groups.items()):
@@ -62,21 +78,25 @@ def main() -> None:
             return [r for r in rs if r["group"] == group and r["variant"] == variant]
 
         c = {}
-        trio = sel("trio", "cat")
-        if trio:
-            c[f"{label} trio: own >= 0.25"] = all(r["own"] >= 0.25 for r in trio)
-            c[f"{label} trio: own >= 0.8 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.8 for r in trio)
-            c[f"{label} trio: other look <= 0.10"] = all(r["other"] <= 0.10 for r in trio)
-            c[f"{label} trio: class rate <= 0.05"] = all(r["class_rate"] <= 0.05 for r in trio)
-        hearts, hearts_lora = sel("hearts", "cat"), sel("hearts", "lora")
-        if hearts:
-            c[f"{label} hearts: own >= 0.5 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.5 for r in hearts)
-            if hearts_lora:
-                mix_cat = statistics.fmean(r["other"] for r in hearts)
-                mix_lora = statistics.fmean(r["other"] for r in hearts_lora)
-                c[f"{label} hearts: mixing (mean other look) cat <= lora ({mix_cat:.4f} vs {mix_lora:.4f})"] = \
-                    mix_cat <= mix_lora
-                out.setdefault("hearts_mixing", {"cat": mix_cat, "lora": mix_lora})
+        for group, kind in kinds.items():
+            cat, lora = sel(group, "cat"), sel(group, "lora")
+            if not cat:
+                continue
+            if kind == "classes":
+                c[f"{label} {group}: own >= 0.25"] = all(r["own"] >= 0.25 for r in cat)
+                c[f"{label} {group}: own >= 0.8 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.8
+                                                                for r in cat)
+                c[f"{label} {group}: other look <= 0.10"] = all(r["other"] <= 0.10 for r in cat)
+                c[f"{label} {group}: class rate <= 0.05"] = all(r["class_rate"] <= 0.05 for r in cat)
+            elif kind == "one class":
+                c[f"{label} {group}: own >= 0.5 x single"] = all(r["ratio"] is not None and r["ratio"] >= 0.5
+                                                                for r in cat)
+                if lora:
+                    mix_cat = statistics.fmean(r["other"] for r in cat)
+                    mix_lora = statistics.fmean(r["other"] for r in lora)
+                    c[f"{label} {group}: mixing (mean other look) cat <= lora ({mix_cat:.4f} vs {mix_lora:.4f})"] = \
+                        mix_cat <= mix_lora
+                    out.setdefault("mixing", {})[group] = {"cat": mix_cat, "lora": mix_lora}
         return c
 
     means = []

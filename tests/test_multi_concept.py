@@ -224,7 +224,7 @@ def test_evaluate_one_concept_of_several_and_bad_choices(toy_pair, tmp_path, cap
 GROUP_PLAN = """
 concepts:
   - {name: sks_circle, spec: {class_noun: circle, trigger: sks, num_images: 3, appearance: {fill: blue, pattern: stripes, pattern_color: yellow, outline: black}}}
-  - {name: qlo_triangle, spec: {class_noun: triangle, trigger: qlo, num_images: 3, appearance: {fill: red, pattern: solid, outline: blue}}}
+  - {name: qlo_triangle, variants: [cat], spec: {class_noun: triangle, trigger: qlo, num_images: 3, appearance: {fill: red, pattern: solid, outline: blue}}}
   - {name: pair, group: [sks_circle, qlo_triangle], steps: 4}
 variants:
   - {name: lora, method: lora}
@@ -245,6 +245,9 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path,
     ids = [j.id for j in jobs(plan)]
     assert "pair__lora__seed0" in ids and "pair__cat__seed0" in ids
     assert "pair__ti__seed0" not in ids and "pair__base" not in ids      # TI takes one concept; no group base
+    assert "qlo_triangle__cat__seed0" in ids and "qlo_triangle__base" in ids      # variants: [cat] on it
+    assert "qlo_triangle__lora__seed0" not in ids and "qlo_triangle__ti__seed0" not in ids
+    assert "sks_circle__lora__seed0" in ids and "sks_circle__ti__seed0" in ids
     out = tmp_path / "out"
     assert cli_main(["compare", "--plan", "plan.yaml", "--output", "out", "--cpu"]) == 0
     job = out / "jobs" / "pair__cat__seed0"
@@ -267,6 +270,8 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path,
     ("{name: g, group: [sks_circle]}", "two or more"),
     ("{name: g, group: [sks_circle, qlo_triangle], trigger: abc}", "member concepts"),
     ("{name: g, group: [sks_circle, qlo_triangle], steps: 0}", "positive integer"),
+    ("{name: g, group: [sks_circle, qlo_triangle], variants: [cat, nope]}", "'nope' is not a variant of this plan"),
+    ("{name: g, group: [sks_circle, qlo_triangle], variants: cat}", "must list variant names"),
 ])
 def test_bad_groups(tmp_path, entry, needle):
     from cat_adapter.compare.plan import load_plan

@@ -6,6 +6,7 @@ concepts:
   - {name: star, spec: path/to/toy_spec.json}            # a shapes-world concept spec (or an inline mapping)
   - {name: fox, prompt: "a watercolor fox character", trigger: zq, class_noun: fox}   # tco only
   - {name: both, group: [teapot, star], steps: 1200}     # one adapter for both (lora, cat); steps: optional override
+  - {name: mug, data: path/to/mug, trigger: zwx, class_noun: mug, variants: [cat]}   # only these variants (any concept)
 variants:
   - {name: lora, method: lora}
   - {name: cat, method: cat, cat_alpha: [0.5, 1.0]}      # one variant per value
@@ -33,7 +34,7 @@ from cat_adapter.io import read_yaml
 
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
 CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "steps", "trigger", "class_noun", "caption_template", "preserve_pool",
-                "prompts", "control_prompts")
+                "prompts", "control_prompts", "variants")
 EVAL_KEYS = ("clip", "prompts", "control_prompts", "images_per_prompt", "sample_steps", "guidance_scale", "resolution",
              "batch_size", "seed", "drift_samples", "lora_scale", "clip_batch_size")
 # Set per job by the harness, never by a plan's variants or shared section.
@@ -57,9 +58,12 @@ class Concept:
     control_prompts: Path | None = None
     members: list[str] | None = None   # a group: the concepts one adapter trains on together
     steps: int | None = None           # a group's training steps (e.g. the members' steps x their number)
+    variants: list[str] | None = None  # the variants (or sweep names) this concept trains with; None: every one
 
     def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        # an unset ``variants`` is left out, so plans written before the key keep their fingerprint
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()
+                if not (k == "variants" and v is None)}
 
 
 @dataclass
@@ -164,6 +168,12 @@ def plan_from_dict(raw: dict, *, source: str, root: Path) -> Plan:
             raise _err(source, f"evaluation.{k}", f"{evaluation[k]}: file not found")
     concepts = _concepts(raw.get("concepts"), source, root)
     variants = _variants(raw.get("variants"), source, root)
+    names = {v.name for v in variants} | {v.sweep["group"] for v in variants if v.sweep}
+    for i, c in enumerate(concepts):
+        for name in c.variants or ():
+            if name not in names:
+                raise _err(source, f"concepts[{i}].variants", f"{name!r} is not a variant of this plan "
+                           f"({', '.join(sorted(names))})")
     seeds = _seeds(raw.get("seeds", [0]), source)
     reference = raw.get("reference", "lora")
     if "reference" in raw and reference not in {v.name for v in variants}:
@@ -206,6 +216,11 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
         class_noun = c.get("class_noun") or (spec or {}).get("class_noun")
         concept = Concept(name, kind, str(trigger), class_noun, spec=spec,
                           caption_template=c.get("caption_template"), prompt=c.get("prompt"))
+        if "variants" in c:
+            if not isinstance(c["variants"], list) or not c["variants"] or \
+                    not all(isinstance(v, str) for v in c["variants"]):
+                raise _err(source, f"{where}.variants", f"must list variant names (got {c['variants']!r})")
+            concept.variants = list(c["variants"])
         if kind == "folder":
             concept.data = _path(root, c["data"], source, f"{where}.data")
             if not concept.data.is_dir():
@@ -310,9 +325,13 @@ def reads(method: str, option: str) -> bool:
 
 
 def trains(concept: Concept, variant: Variant) -> bool:
-    """Whether the plan has a (concept, variant) job: a group trains with the methods that take several concepts."""
+    """Whether the plan has a (concept, variant) job: a group trains with the methods that take several concepts;
+    a concept with ``variants:`` trains only with those (a variant counts by its name or its sweep's name)."""
     from cat_adapter.config import MULTI_CONCEPT_METHODS
 
+    if concept.variants is not None and variant.name not in concept.variants and \
+            (variant.sweep or {}).get("group") not in concept.variants:
+        return False
     return concept.kind != "group" or variant.method in MULTI_CONCEPT_METHODS
 
 
