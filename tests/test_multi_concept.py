@@ -225,7 +225,7 @@ GROUP_PLAN = """
 concepts:
   - {name: sks_circle, spec: {class_noun: circle, trigger: sks, num_images: 3, appearance: {fill: blue, pattern: stripes, pattern_color: yellow, outline: black}}}
   - {name: qlo_triangle, variants: [cat], spec: {class_noun: triangle, trigger: qlo, num_images: 3, appearance: {fill: red, pattern: solid, outline: blue}}}
-  - {name: pair, group: [sks_circle, qlo_triangle], steps: 4}
+  - {name: pair, group: [sks_circle, qlo_triangle], steps: 4, rank: 8}
 variants:
   - {name: lora, method: lora}
   - {name: cat, method: cat, preserve_pool: concept, preserve_pool_size: 1}
@@ -254,6 +254,8 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path,
     record = json.loads((job / "done.json").read_text())
     assert record["members"] == ["sks_circle", "qlo_triangle"] and record["concept_kind"] == "group"
     assert json.loads((job / "train" / "done.json").read_text())["steps"] == 4      # the group's own steps
+    assert yaml.safe_load((job / "train" / "config.yaml").read_text())["lora"]["rank"] == 8  # and rank
+    assert yaml.safe_load((out / "jobs" / "sks_circle__cat__seed0" / "train" / "config.yaml").read_text())["lora"]["rank"] == 4
     adapter = json.loads((job / "train" / "adapter.json").read_text())
     assert [c["trigger"] for c in adapter["concepts"]] == ["sks", "qlo"]
     concepts = yaml.safe_load((job / "concepts.yaml").read_text())["concepts"]
@@ -270,13 +272,15 @@ def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path,
     ("{name: g, group: [sks_circle]}", "two or more"),
     ("{name: g, group: [sks_circle, qlo_triangle], trigger: abc}", "member concepts"),
     ("{name: g, group: [sks_circle, qlo_triangle], steps: 0}", "positive integer"),
+    ("{name: g, group: [sks_circle, qlo_triangle], rank: 2.5}", "positive integer"),
+    ("{name: other, spec: {class_noun: circle, trigger: abc}, rank: 8}", "is for groups"),
     ("{name: g, group: [sks_circle, qlo_triangle], variants: [cat, nope]}", "'nope' is not a variant of this plan"),
     ("{name: g, group: [sks_circle, qlo_triangle], variants: cat}", "must list variant names"),
 ])
 def test_bad_groups(tmp_path, entry, needle):
     from cat_adapter.compare.plan import load_plan
 
-    text = GROUP_PLAN.replace("{name: pair, group: [sks_circle, qlo_triangle], steps: 4}", entry)
+    text = GROUP_PLAN.replace("{name: pair, group: [sks_circle, qlo_triangle], steps: 4, rank: 8}", entry)
     (tmp_path / "plan.yaml").write_text(text)
     with pytest.raises(CatAdapterError, match=needle):
         load_plan(tmp_path / "plan.yaml")

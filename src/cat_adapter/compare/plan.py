@@ -5,7 +5,7 @@ concepts:
   - {name: teapot, data: path/to/folder, trigger: sks, class_noun: teapot}
   - {name: star, spec: path/to/toy_spec.json}            # a shapes-world concept spec (or an inline mapping)
   - {name: fox, prompt: "a watercolor fox character", trigger: zq, class_noun: fox}   # tco only
-  - {name: both, group: [teapot, star], steps: 1200}     # one adapter for both (lora, cat); steps: optional override
+  - {name: both, group: [teapot, star], steps: 1200, rank: 8}   # one adapter for both (lora, cat); steps, rank: optional
   - {name: mug, data: path/to/mug, trigger: zwx, class_noun: mug, variants: [cat]}   # only these variants (any concept)
 variants:
   - {name: lora, method: lora}
@@ -33,7 +33,7 @@ from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import read_yaml
 
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
-CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "steps", "trigger", "class_noun", "caption_template", "preserve_pool",
+CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "steps", "rank", "trigger", "class_noun", "caption_template", "preserve_pool",
                 "prompts", "control_prompts", "variants")
 EVAL_KEYS = ("clip", "prompts", "control_prompts", "images_per_prompt", "sample_steps", "guidance_scale", "resolution",
              "batch_size", "seed", "drift_samples", "lora_scale", "clip_batch_size")
@@ -58,12 +58,13 @@ class Concept:
     control_prompts: Path | None = None
     members: list[str] | None = None   # a group: the concepts one adapter trains on together
     steps: int | None = None           # a group's training steps (e.g. the members' steps x their number)
+    rank: int | None = None            # a group's LoRA rank (e.g. the members' rank x their number)
     variants: list[str] | None = None  # the variants (or sweep names) this concept trains with; None: every one
 
     def to_dict(self) -> dict:
-        # an unset ``variants`` is left out, so plans written before the key keep their fingerprint
+        # an unset ``variants`` or ``rank`` is left out, so plans written before the key keep their fingerprint
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()
-                if not (k == "variants" and v is None)}
+                if not (k in ("variants", "rank") and v is None)}
 
 
 @dataclass
@@ -225,14 +226,16 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
             concept.data = _path(root, c["data"], source, f"{where}.data")
             if not concept.data.is_dir():
                 raise _err(source, f"{where}.data", f"{concept.data}: concept folder does not exist")
-        if "steps" in c and kind != "group":
-            raise _err(source, f"{where}.steps", "is for groups (one concept's steps are a variant or shared option)")
+        for k in ("steps", "rank"):
+            if k in c and kind != "group":
+                raise _err(source, f"{where}.{k}", f"is for groups (one concept's {k} is a variant or shared option)")
         if kind == "group":
             concept.members = c["group"]
-            if "steps" in c:
-                if not isinstance(c["steps"], int) or isinstance(c["steps"], bool) or c["steps"] < 1:
-                    raise _err(source, f"{where}.steps", f"must be a positive integer (got {c['steps']!r})")
-                concept.steps = c["steps"]
+            for k in ("steps", "rank"):
+                if k in c:
+                    if not isinstance(c[k], int) or isinstance(c[k], bool) or c[k] < 1:
+                        raise _err(source, f"{where}.{k}", f"must be a positive integer (got {c[k]!r})")
+                    setattr(concept, k, c[k])
             for k in ("trigger", "class_noun", "caption_template", "preserve_pool", "prompts", "control_prompts"):
                 if k in c:
                     raise _err(source, f"{where}.{k}", "belongs to the group's member concepts, not to the group")
@@ -350,6 +353,8 @@ def train_options(plan: Plan, concept: Concept, variant: Variant, seed: int, out
         opts.pop("caption_template", None)  # the members' (or shared) template is in the concepts file
         if concept.steps:
             opts["steps"] = concept.steps
+        if concept.rank and reads(variant.method, "rank"):
+            opts["rank"] = concept.rank
         opts.update(concepts=str(concepts_file or "group-concepts.yaml"), seed=seed, output=str(output))
         return opts
     if opts.get("preserve_pool") == "concept":
