@@ -13,7 +13,7 @@ in the folder's plan.json (not from its name). Targets:
 The targets are checked on the rates pooled over seeds (3 seeds x 21 images = 63 per prompt, as the issue reads
 them), and, for reference, on every seed alone.
 
-    python benchmarks/multi_concept.py runs/multi_concept     # -> benchmarks/results/multi_concept.{json,md}
+    python benchmarks/multi_concept.py runs/multi_concept4    # -> benchmarks/results/multi_concept.{json,md}
 """
 
 from __future__ import annotations
