@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from cat_adapter.config import build_config
 from cat_adapter.models import load_pipeline
 from cat_adapter.testing.tiny import build_tiny_pipeline, write_shape_concept
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 d = Path(tempfile.mkdtemp())
 model = build_tiny_pipeline(d / "model", sample_size=16)
 data = write_shape_concept(d / "data", n=4, size=32)
@@ -44,7 +44,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from cat_adapter.config import build_config
 from cat_adapter.testing.tiny import build_tiny_pipeline, write_shape_concept
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 d = Path(tempfile.mkdtemp())
 model = build_tiny_pipeline(d / "model", sample_size=16)
 data = write_shape_concept(d / "data", n=4, size=32)

@@ -40,7 +40,7 @@ def modal_share(images) -> tuple[float, dict | None, int]:
 
 def train_seeds(work: Path, seeds: list[int], a) -> list[Path]:
     from cat_adapter.config import build_config
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     outs = []
     for seed in seeds:

@@ -41,8 +41,10 @@ def main() -> None:
     from cat_adapter.config import build_config
     from cat_adapter.evaluation.evaluate import EvalOptions, evaluate
     from cat_adapter.toy.concept import concept_look, validate_spec, write_concept
-    from cat_adapter.toy.demo import DEFAULT_SPEC, TOY_BASELINES, add_concept_rates, heldout_prompts
-    from cat_adapter.training.loop import train
+    from cat_adapter.evaluation.concept_rates import add_concept_rates
+    from cat_adapter.toy.demo import DEFAULT_SPEC
+    from cat_adapter.toy.plugin import BASELINES, ShapesWorld, heldout_prompts
+    from cat_adapter.runners import train
 
     work = Path(a.work)
     spec = validate_spec(dict(DEFAULT_SPEC), "built-in spec")
@@ -60,7 +62,7 @@ def main() -> None:
     rows = []
     for entry in a.grid:
         method, kw = parse(entry)
-        base = dict(TOY_BASELINES.get(method, {"method": method}))
+        base = {"method": method, **BASELINES.get(method, {})}
         if method == "dreambooth":
             base["class_data"] = str(work / "class_images")
         settings = {**base, **kw}
@@ -69,7 +71,7 @@ def main() -> None:
         out = train(build_config(overrides={**common, **settings, "output": str(work / "train" / name)}), progress=False)
         seconds = time.time() - t0
         ev = evaluate(EvalOptions(adapter=str(out), output=str(work / "eval" / name), label=name, **evaluation))
-        rates = add_concept_rates(ev, look)
+        rates = add_concept_rates(ev, look, ShapesWorld())
         m = json.loads((ev / "metrics.json").read_text())
         row = {"entry": entry, "settings": settings, "train_seconds": round(seconds, 1), **rates,
                "base_fidelity": m.get("base_fidelity"), "identity_score": m.get("identity_score")}

@@ -7,7 +7,7 @@ import sys
 from accelerate import PartialState
 
 from cat_adapter.config import build_config
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 try:  # cat-adapter <= 9fbf7e2 (to show its bugs): CAT was a class of its own
     from cat_adapter.methods.cat.method import CATMethod as Method

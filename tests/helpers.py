@@ -14,7 +14,7 @@ KILLER = """
 import json, os, signal, sys
 from cat_adapter.config import build_config
 from cat_adapter.methods.base import Method
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 calls, original = [0], Method.forward_backward
 def forward_backward(self, batch, backward):
     calls[0] += 1
@@ -99,7 +99,7 @@ def check_killed_run_resumes_to_the_straight_run(kw: dict, tmp_path, kill_at: in
     from safetensors.torch import load_file
 
     from cat_adapter.config import build_config
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), str(kill_at)], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]

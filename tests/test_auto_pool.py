@@ -8,7 +8,10 @@ from cat_adapter.data.auto_pool import auto_pool, shared_with
 from cat_adapter.data.concepts import ConceptSpec
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods.cat.loss import load_pool
+from cat_adapter.toy.plugin import ShapesWorld
 from cat_adapter.toy.world import SHAPES
+
+WORLD = ShapesWorld()
 
 
 def spec(noun="circle", template="a {trigger} {class_noun}", trigger="sks"):
@@ -16,25 +19,25 @@ def spec(noun="circle", template="a {trigger} {class_noun}", trigger="sks"):
 
 
 def test_other_classes_with_one_attribute_and_nothing_else():
-    pool = auto_pool([spec()], toy=True)
+    pool = auto_pool([spec()], world=WORLD)
     assert "a red square" in pool and "a dotted star" in pool and "a heart with a blue outline" in pool
     assert not any("circle" in p for p in pool)                    # never the concept's own class
     assert not any(p in (f"a {s}" for s in SHAPES) for p in pool)   # never a bare class
     assert "an orange triangle" in pool                            # articles follow the attribute
-    real = auto_pool([spec("teapot", "a photo of {trigger} {class_noun}")], toy=False)
+    real = auto_pool([spec("teapot", "a photo of {trigger} {class_noun}")], world=None)
     assert "a photo of red dog" in real and "a photo of wooden chair" in real and not any("teapot" in p for p in real)
-    two = auto_pool([spec("circle"), spec("square", trigger="zwx")], toy=True)
+    two = auto_pool([spec("circle"), spec("square", trigger="zwx")], world=WORLD)
     assert not any("circle" in p or "square" in p for p in two)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_toy_control_prompts_are_held_out_from_the_auto_pool(shape):
     from cat_adapter.toy.concept import concept_look, validate_spec
-    from cat_adapter.toy.demo import control_prompts
+    from cat_adapter.toy.plugin import control_prompts
 
     s = validate_spec({"class_noun": shape, "trigger": "sks"})
     controls = control_prompts(s, concept_look(s))
-    assert shared_with(auto_pool([spec(shape)], toy=True), controls) == []
+    assert shared_with(auto_pool([spec(shape)], world=WORLD), controls) == []
     assert shared_with(["A  Red square"], ["a red square"]) == ["a red square"]   # case and spacing ignored
 
 

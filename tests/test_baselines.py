@@ -14,7 +14,7 @@ from PIL import Image
 from cat_adapter.cli.main import main
 from cat_adapter.config import build_config
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 DB = dict(method="dreambooth", lr=1e-3, num_class_images=3, class_sample_steps=2, steps=2)
 

@@ -13,7 +13,7 @@ from cat_adapter.config import build_config
 from cat_adapter.data.cache import StreamSampler, build_cache
 from cat_adapter.data.concept import load_concept
 from cat_adapter.models import ModelSpec, load_model
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from cat_adapter.data.cache import StreamSampler, build_cache
 from cat_adapter.data.concept import load_concept
 from cat_adapter.methods.cat.constrained import DualAlpha
 from cat_adapter.models import ModelSpec, load_model
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 LORA = "pytorch_lora_weights.safetensors"
 

@@ -14,7 +14,7 @@ from helpers import train_overrides
 from safetensors.torch import load_file
 
 from cat_adapter.config import build_config
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from cat_adapter.adapters import load_adapter
 from cat_adapter.config import build_config
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 LORA = "pytorch_lora_weights.safetensors"
 

@@ -28,7 +28,7 @@ def world(tmp_path_factory, tiny_model):
     from cat_adapter.config import build_config
     from cat_adapter.testing.tiny_clip import build_tiny_clip
     from cat_adapter.testing.tiny import write_shape_concept
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     root = tmp_path_factory.mktemp("eval")
     concept = write_shape_concept(root / "concept", n=3, size=16)

@@ -16,7 +16,7 @@ from cat_adapter.cli.main import main
 from cat_adapter.config import build_config
 from cat_adapter.methods.base import build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 @pytest.fixture(scope="module")

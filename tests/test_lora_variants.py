@@ -7,7 +7,7 @@ from helpers import train_cli_error, train_overrides, unet_out
 from cat_adapter.config import build_config
 from cat_adapter.methods.base import build_method
 from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 def test_dora_trains_and_loads_in_plain_diffusers_with_the_trained_outputs(tiny_model, concept_dir, tmp_path):

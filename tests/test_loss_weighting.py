@@ -9,7 +9,7 @@ from helpers import train_cli_error, train_overrides
 from cat_adapter.config import build_config
 from cat_adapter.diffusion import DDPMObjective, mse
 from cat_adapter.models import ModelSpec, load_model
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

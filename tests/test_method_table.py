@@ -41,7 +41,7 @@ def run(tiny_model, concept_dir, out, case, **kw):
 
     loop.finish = finish
     try:
-        loop.train(build_config(overrides=train_overrides(tiny_model, concept_dir, out, steps=3, cpu=True,
+        loop.train_loop(build_config(overrides=train_overrides(tiny_model, concept_dir, out, steps=3, cpu=True,
                                                           **{**METHODS[case], **kw})), progress=False)
     finally:
         loop.finish = real_finish
@@ -138,8 +138,8 @@ def test_resume_after_sigkill_equals_the_straight_run(tiny_model, concept_dir, t
                          cpu=True, **METHODS[case])
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(kw), "4"], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    resumed = loop.train(build_config(overrides={**kw, "resume": True}), progress=False)
-    straight = loop.train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
+    resumed = loop.train_loop(build_config(overrides={**kw, "resume": True}), progress=False)
+    straight = loop.train_loop(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
     a, b = _weights(resumed), _weights(straight)
     assert a.keys() == b.keys() and a
     assert all(torch.equal(a[k], b[k]) for k in a), case

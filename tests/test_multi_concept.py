@@ -185,6 +185,7 @@ def test_rate_matrix_counts_each_concepts_look(tmp_path):
     """Trigger images of concept b: two with a's look, two with b's: row b reads 0.5 and 0.5."""
     from cat_adapter.evaluation.confusion import look_of, rate_matrix
     from cat_adapter.toy.concept import concept_scenes, validate_spec
+    from cat_adapter.toy.plugin import ShapesWorld
     from cat_adapter.toy.world import render
 
     paths = {}
@@ -195,9 +196,10 @@ def test_rate_matrix_counts_each_concepts_look(tmp_path):
             p = tmp_path / f"{spec['name']}{i}.png"
             render(s).save(p)
             paths[spec["name"]].append(p)
-    looks = {n: look_of(ps) for n, ps in paths.items()}
+    world = ShapesWorld()
+    looks = {n: look_of(ps, world) for n, ps in paths.items()}
     b_images = paths["qlo_triangle"][:2] + paths["sks_circle"][:2]
-    matrix = rate_matrix({"sks_circle": paths["sks_circle"], "qlo_triangle": b_images}, looks)
+    matrix = rate_matrix({"sks_circle": paths["sks_circle"], "qlo_triangle": b_images}, looks, world)
     assert matrix.tolist() == [[1.0, 0.0], [0.5, 0.5]]
 
 

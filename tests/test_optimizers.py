@@ -10,7 +10,7 @@ from helpers import KILLER, train_cli_error, train_overrides
 from safetensors.torch import load_file
 
 from cat_adapter.config import build_config
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 LORA = "pytorch_lora_weights.safetensors"
 

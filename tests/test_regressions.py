@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cat_adapter.cli.main import main
 from cat_adapter.config import build_config
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 def test_resume_with_more_steps_under_a_steps_dependent_schedule_is_refused(tiny_model, concept_dir, tmp_path):

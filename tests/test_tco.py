@@ -36,7 +36,7 @@ def tco_options(model, embedder, output, **kw):
 
 @pytest.fixture(scope="module")
 def straight(tiny_model, dino, tmp_path_factory):
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     out = tmp_path_factory.mktemp("tco") / "straight"
     train(build_config(overrides=tco_options(tiny_model, dino, out)), progress=False)
@@ -101,7 +101,7 @@ def test_tco_killed_and_resumed_equals_the_uninterrupted_run(straight, tiny_mode
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(opts), str(kill_at)], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert not (out / "done.json").exists()
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     train(build_config(overrides={**opts, "resume": True}), progress=False)
     for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors"):
@@ -117,7 +117,7 @@ def test_tco_killed_and_resumed_equals_the_uninterrupted_run(straight, tiny_mode
 def test_tco_stops_when_the_images_converge(tiny_model, dino, tmp_path):
     """Convergence 1.0: iteration 1's images are at most as spread as iteration 0's is met whenever the adapter
     narrowed them; the run then stops without training iteration 1 and keeps iteration 0's adapter."""
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     out = tmp_path / "conv"
     train(build_config(overrides=tco_options(tiny_model, dino, out, tco_convergence=1.0, tco_max_iterations=3,

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from cat_adapter.config import build_config
 from cat_adapter.methods.base import build_method
 from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 LORA = "pytorch_lora_weights.safetensors"
 

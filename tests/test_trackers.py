@@ -7,7 +7,7 @@ import pytest
 from helpers import train_cli_error, train_overrides
 
 from cat_adapter.config import build_config
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 def _events(folder):

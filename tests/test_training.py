@@ -14,7 +14,7 @@ from cat_adapter.config import build_config, load_config_file
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model, load_pipeline
-from cat_adapter.training.loop import train
+from cat_adapter.runners import train
 
 
 def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_path):

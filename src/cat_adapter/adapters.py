@@ -4,7 +4,7 @@
 and revision, or a content fingerprint of a local folder), files, tokens, concepts (trigger, class
 noun, y rule) and a format version. ``load_adapter(path)`` reads it, or recognises a file made by
 another tool (a diffusers LoRA folder or ``.safetensors``, a kohya LoRA file, a diffusers
-``learned_embeds.safetensors``, a ``unet/`` folder); ``Adapter.apply(model, scale)`` loads it into a
+``learned_embeds.safetensors``, a full fine-tune's denoiser folder); ``Adapter.apply(model, scale)`` loads it into a
 model through plain diffusers calls, and ``Adapter.base(model)`` gives back the true base model for
 every kind (a full fine-tune's base is the original U-Net, not "LoRA off").
 """
@@ -26,6 +26,30 @@ FORMAT_VERSION = 1
 LORA_NAME = "pytorch_lora_weights.safetensors"
 EMBEDS_NAME = "learned_embeds.safetensors"
 ADAPTER_LOADED_NAME = "cat_adapter"
+
+
+def tuner_layers(module) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def layers_disabled(layers: list) -> Iterator[None]:
+    """Switch LoRA layers off by their flag alone.
+
+    Not diffusers' ``disable_adapters()``: peft's toggle sets ``requires_grad`` (off, then back on for
+    every LoRA weight, including weights frozen on purpose) and walks every module (16 ms per
+    toggle pair on the benchmark U-Net, 11% of a LoRA step); the flag flip changes nothing else.
+    """
+    previous = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, p in zip(layers, previous):
+            m._disable_adapters = p
 
 
 def write_adapter_json(out_dir: Path, *, method: str, model, exported: list, concepts: list[dict]) -> Path:
@@ -97,6 +121,9 @@ class Adapter:
         if "lora" in self.kinds:
             model.load_lora(self.files["lora"], adapter_name=ADAPTER_LOADED_NAME, option=option)
         if "tokens" in self.kinds:
+            if not model.supports("tokens"):
+                raise CatAdapterError(f"{option} {self.path}: token embeddings (Textual Inversion) do not apply to a "
+                                      f"{model.family} model (it trains no tokens)")
             model.text.load_embeddings(self.files["embeddings"], self.tokens, option=option)
         return self
 
@@ -104,8 +131,6 @@ class Adapter:
     def base(self, model) -> Iterator[None]:
         """Within the block ``model`` is the base model again: LoRA layers off, the original denoiser, the
         tokenizer without the added tokens."""
-        from cat_adapter.methods.lora.part import layers_disabled, tuner_layers
-
         with ExitStack() as stack:
             if "lora" in self.kinds:
                 stack.enter_context(layers_disabled(tuner_layers(model.denoiser) + tuner_layers(model.text.encoder)))
@@ -156,13 +181,16 @@ def _from_json(folder: Path, option: str) -> Adapter:
 def _from_folder(folder: Path, allow_pickle: bool, option: str) -> Adapter:
     """A folder another tool wrote: diffusers LoRA, learned embeddings, a U-Net folder, or one weight file."""
     kinds, files = [], {}
-    denoiser = next((folder / d for d in ("unet", "transformer") if (folder / d / "config.json").is_file()), None)
+    from cat_adapter.models import denoiser_folders
+
+    denoiser = next((folder / d for d in denoiser_folders() if (folder / d / "config.json").is_file()), None)
     if denoiser is not None:
         kinds.append("full")
         files["denoiser"] = denoiser
         if (folder / "model_index.json").is_file() and (folder / "text_encoder").is_dir():
-            log.warning("%s %s is a whole pipeline; only its unet/ is loaded as the adapter (a fine-tuned "
-                        "text_encoder/ there is not); pass it as --model to use all of it", option, folder)
+            log.warning("%s %s is a whole pipeline; only its %s/ is loaded as the adapter (a fine-tuned "
+                        "text_encoder/ there is not); pass it as --model to use all of it", option, folder,
+                        denoiser.name)
     if (folder / LORA_NAME).is_file():
         kinds.append("lora")
         files["lora"] = folder / LORA_NAME
@@ -177,7 +205,7 @@ def _from_folder(folder: Path, allow_pickle: bool, option: str) -> Adapter:
         if len(found) == 1:
             return _from_file(found[0], allow_pickle, option)
         raise CatAdapterError(f"{option} {folder}: nothing recognisable here (no {ADAPTER_JSON}, {LORA_NAME}, "
-                              f"{EMBEDS_NAME} or unet/); give a cat-adapter output folder or an adapter file")
+                              f"{EMBEDS_NAME} or a denoiser folder); give a cat-adapter output folder or an adapter file")
     return Adapter(folder, kinds, files, f"{'+'.join(kinds)} adapter without {ADAPTER_JSON}")
 
 

@@ -67,9 +67,11 @@ class DataConfig:
                                 "Caption for images without a .txt file; {trigger} and {class_noun} are filled in.")
     caption_missing_trigger: str = opt("error", "What to do with a caption that lacks the trigger: "
                                        "error, or prepend the trigger.", choices=("error", "prepend"))
-    resolution: int = opt(512, "Training resolution: images are resized (shorter side) and centre-cropped "
-                          "to a square of this size. Must be a multiple of 8. With --buckets, the bucket area is at "
-                          "most this squared.")
+    resolution: int | None = opt(None, "Training resolution: images are resized (shorter side) and centre-cropped "
+                                 "to a square of this size. Must be a multiple of 8. With --buckets, the bucket area "
+                                 "is at most this squared. Default: the model's own size (its denoiser's sample size "
+                                 "x the VAE factor: 32 for the toy model, 512 for SD 1.5, 1024 for SDXL and FLUX.1), "
+                                 "printed at the start of a run.")
     buckets: bool = opt(False, "Aspect-ratio buckets: each image is scaled to cover the bucket (area <= "
                         "--resolution squared, sides multiples of --bucket-step) nearest its aspect ratio and "
                         "centre-cropped; a batch holds one bucket. OUT/buckets.json records each image's bucket.")
@@ -187,9 +189,10 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
                 check(math.isfinite(value), flag(f.name), f"must be a finite number (got {value})")
     d, o, r = self.data, self.optim, self.run
     if d.concepts:
-        check(spec.name in MULTI_CONCEPT_METHODS, "--concepts",
-              f"is offered for --method {' and '.join(MULTI_CONCEPT_METHODS)} (DreamBooth's class images, TI's tokens "
-              "and TCO's loop are per concept); train one adapter per concept")
+        several = [n for n in registry.method_names() if registry.get_spec(n).multi_concept]
+        check(spec.multi_concept, "--concepts",
+              f"is offered for --method {' and '.join(several)} (--method {spec.name} trains one concept: its class "
+              "images, tokens or loop are per concept); train one adapter per concept")
         for name in ("data", "trigger", "class_noun", "caption_template"):
             check(name not in (given or ()), flag(name), "cannot be combined with --concepts (the concepts file gives "
                   "each concept's folder, trigger, class noun and caption template)")
@@ -213,21 +216,15 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.ema_decay is None or spec.runner is None, "--ema-decay",
           f"is not supported by --method {spec.name}: its iterations continue from the raw weights")
     check(0 <= d.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1) (got {d.caption_dropout})")
-    preserves = "preservation" in spec.sections and self.preservation.on
-    check(not (d.caption_dropout > 0 and preserves and d.preserve_prompt == "empty"), "--caption-dropout",
-          "cannot be combined with --preserve-prompt empty under CAT: a dropped row's identity term would pull the "
-          "empty prompt toward the concept while the preservation term holds it at the base model; use "
-          "--preserve-prompt remove or class")
-    check(d.resolution >= 8 and d.resolution % 8 == 0, "--resolution",
+    check(d.resolution is None or (d.resolution >= 8 and d.resolution % 8 == 0), "--resolution",
           f"must be a positive multiple of 8 (got {d.resolution})")
     for name in ("bucket_step", "bucket_min_side", "bucket_max_side"):
         value = getattr(d, name)
         check(value is None or d.buckets, flag(name), "needs --buckets")
         check(value is None or (value >= 8 and value % 8 == 0), flag(name),
               f"must be a positive multiple of 8 (got {value})")
-    lo, hi = bucket_sides(d)
-    check(not d.buckets or lo <= d.resolution <= hi, "--bucket-min-side",
-          f"and --bucket-max-side must hold --resolution between them (got {lo}..{hi}, resolution {d.resolution})")
+    if d.resolution is not None:  # else checked once the model gives its size (training.loop.training_buckets)
+        check_bucket_sides(d)
     check(d.trigger.strip() != "" and not any(c.isspace() for c in d.trigger.strip()), "--trigger",
           f"must be one word without spaces (got {d.trigger!r})")
     # (a method that makes its own images writes its own captions: the template is not read; a concepts file's
@@ -277,7 +274,11 @@ def sections(cfg: Any) -> list[Any]:
     return [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
 
 
-MULTI_CONCEPT_METHODS = ("lora", "cat")
+
+def check_bucket_sides(d: "DataConfig") -> None:
+    lo, hi = bucket_sides(d)
+    check(not d.buckets or lo <= d.resolution <= hi, "--bucket-min-side",
+          f"and --bucket-max-side must hold --resolution between them (got {lo}..{hi}, resolution {d.resolution})")
 
 
 def bucket_sides(d: "DataConfig") -> tuple[int, int]:

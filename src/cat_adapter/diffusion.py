@@ -8,6 +8,8 @@ Flux (rectified flow: velocity prediction).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +40,20 @@ class DDPMObjective:
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample_timesteps(n, self.num_train_timesteps, generator)
+
+    def check_options(self, optim, *, family: str) -> None:
+        """One-line errors for the optim options this objective cannot serve."""
+        if optim.weighting_scheme != "none":
+            from cat_adapter.errors import CatAdapterError
+
+            raise CatAdapterError(f"--weighting-scheme {optim.weighting_scheme} is for flow-matching models (Flux); "
+                                  f"this {family} model trains with DDPM noise (see --snr-gamma)")
+
+    def configured(self, optim) -> "DDPMObjective":
+        """A copy with the run's options (--noise-offset); the model's own objective is left as it is."""
+        out = copy.copy(self)
+        out.noise_offset = float(optim.noise_offset)
+        return out
 
     def offset(self, noise: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """eps + noise_offset * N(0, 1)^(B, C, 1, 1); eps unchanged (and nothing drawn) when the offset is 0."""
@@ -103,6 +119,20 @@ class FlowMatchObjective:
             raise ValueError(f"unknown weighting scheme {weighting_scheme!r}")
         self.weighting_scheme = weighting_scheme
         self.logit_mean, self.logit_std, self.mode_scale = float(logit_mean), float(logit_std), float(mode_scale)
+
+    def check_options(self, optim, *, family: str) -> None:
+        if optim.snr_gamma is not None:
+            from cat_adapter.errors import CatAdapterError
+
+            raise CatAdapterError("--snr-gamma is for DDPM models; flow-matching models weight with --weighting-scheme")
+
+    def configured(self, optim) -> "FlowMatchObjective":
+        """A copy with the run's options (--noise-offset, --weighting-scheme and its parameters)."""
+        out = copy.copy(self)
+        out.noise_offset = float(optim.noise_offset)
+        out.weighting_scheme, out.logit_mean, out.logit_std, out.mode_scale = \
+            optim.weighting_scheme, float(optim.logit_mean), float(optim.logit_std), float(optim.mode_scale)
+        return out
 
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         from diffusers.training_utils import compute_density_for_timestep_sampling

@@ -10,11 +10,13 @@ import sys
 from cat_adapter import __version__
 from cat_adapter.errors import CatAdapterError
 
-SUBCOMMANDS = ("train", "sample", "demo", "compare", "toy", "evaluate", "score", "report")
+SUBCOMMANDS = ("train", "sample", "compare", "evaluate", "score", "report")   # plugins add theirs (the toy: demo, toy)
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
+
+    from cat_adapter.plugins import commands
 
     parser = argparse.ArgumentParser(
         prog="cat-adapter",
@@ -24,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"cat_adapter.cli.{name}").register(sub)
+    for name, register in commands().items():
+        if name not in SUBCOMMANDS:
+            register(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     given = {k: v for k, v in vars(args).items() if k not in ("config", "no_progress", "func", "command", "verbose")}
     cfg = build_config(load_config_file(args.config) if args.config else {}, given,

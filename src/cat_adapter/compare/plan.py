@@ -3,7 +3,7 @@
 ```yaml
 concepts:
   - {name: teapot, data: path/to/folder, trigger: sks, class_noun: teapot}
-  - {name: star, spec: path/to/toy_spec.json}            # a shapes-world concept spec (or an inline mapping)
+  - {name: star, spec: path/to/toy_spec.json}            # a concept spec of the model's world (toy), or a mapping
   - {name: fox, prompt: "a watercolor fox character", trigger: zq, class_noun: fox}   # tco only
   - {name: both, group: [teapot, star], steps: 1200, rank: 8}   # one adapter for both (lora, cat); steps, rank: optional
   - {name: mug, data: path/to/mug, trigger: zwx, class_noun: mug, variants: [cat]}   # only these variants (any concept)
@@ -46,11 +46,11 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 @dataclass
 class Concept:
     name: str
-    kind: str                          # folder | toy | prompt | group
+    kind: str                          # folder | spec | prompt | group
     trigger: str
     class_noun: str | None
-    data: Path | None = None           # the concept folder (toy: written by the harness)
-    spec: dict | None = None           # toy spec, validated
+    data: Path | None = None           # the concept folder (spec: written by the harness)
+    spec: dict | None = None           # a concept spec of the model's world (plugins.World), validated
     prompt: str | None = None          # prompt-only concept (tco)
     caption_template: str | None = None
     preserve_pool: Path | None = None
@@ -167,7 +167,9 @@ def plan_from_dict(raw: dict, *, source: str, root: Path) -> Plan:
     for k in ("prompts", "control_prompts"):
         if k in evaluation and not Path(evaluation[k]).is_file():
             raise _err(source, f"evaluation.{k}", f"{evaluation[k]}: file not found")
-    concepts = _concepts(raw.get("concepts"), source, root)
+    from cat_adapter.plugins import world_for
+
+    concepts = _concepts(raw.get("concepts"), source, root, world_for(shared["model"]))
     variants = _variants(raw.get("variants"), source, root)
     names = {v.name for v in variants} | {v.sweep["group"] for v in variants if v.sweep}
     for i, c in enumerate(concepts):
@@ -184,9 +186,8 @@ def plan_from_dict(raw: dict, *, source: str, root: Path) -> Plan:
     return plan
 
 
-def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
-    from cat_adapter.toy.concept import load_spec, validate_spec
-
+def _concepts(raw: Any, source: str, root: Path, world=None) -> list[Concept]:
+    """The plan's concepts; ``spec`` concepts are read by ``world``, the world of ``shared.model``."""
     if not isinstance(raw, list) or not raw:
         raise _err(source, "concepts", "must be a non-empty list")
     out: list[Concept] = []
@@ -201,13 +202,15 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
         if len(kinds) != 1:
             raise _err(source, where, "needs exactly one of data (a concept folder), spec (a toy concept spec), "
                        "prompt (tco) or group (names of concepts one adapter learns together)")
-        kind = {"data": "folder", "spec": "toy", "prompt": "prompt", "group": "group"}[kinds[0]]
+        kind = {"data": "folder", "spec": "spec", "prompt": "prompt", "group": "group"}[kinds[0]]
         spec = None
-        if kind == "toy":
-            if isinstance(c["spec"], dict):
-                spec = validate_spec(dict(c["spec"]), f"{source}: {where}.spec")
-            else:
-                spec = load_spec(_path(root, c["spec"], source, f"{where}.spec"))
+        if kind == "spec":
+            if world is None:
+                raise _err(source, f"{where}.spec", "concept specs are written by a model's world (shared.model: toy); "
+                           "for this model give the concept's data folder")
+            where_spec = f"{source}: {where}.spec"
+            spec = world.load_spec(c["spec"] if isinstance(c["spec"], dict)
+                                   else _path(root, c["spec"], source, f"{where}.spec"), where_spec)
         name = c.get("name") or (spec or {}).get("name")
         if not isinstance(name, str) or not NAME.match(name) or "__" in name:
             raise _err(source, f"{where}.name", f"must be a name of letters, digits and _.=+- (got {name!r})")
@@ -256,7 +259,7 @@ def _concepts(raw: Any, source: str, root: Path) -> list[Concept]:
             raise _err(source, where, f"must list two or more concept names (got {members!r})")
         for m in members:
             member = next((x for x in out if x.name == m), None)
-            if member is None or member.kind not in ("folder", "toy"):
+            if member is None or member.kind not in ("folder", "spec"):
                 raise _err(source, where, f"{m!r} is not a concept of this plan with data or a spec")
         if len(set(members)) != len(members):
             raise _err(source, where, "names a concept twice")
@@ -330,20 +333,20 @@ def reads(method: str, option: str) -> bool:
 def trains(concept: Concept, variant: Variant) -> bool:
     """Whether the plan has a (concept, variant) job: a group trains with the methods that take several concepts;
     a concept with ``variants:`` trains only with those (a variant counts by its name or its sweep's name)."""
-    from cat_adapter.config import MULTI_CONCEPT_METHODS
+    from cat_adapter.methods.registry import get_spec
 
     if concept.variants is not None and variant.name not in concept.variants and \
             (variant.sweep or {}).get("group") not in concept.variants:
         return False
-    return concept.kind != "group" or variant.method in MULTI_CONCEPT_METHODS
+    return concept.kind != "group" or get_spec(variant.method).multi_concept
 
 
 def train_options(plan: Plan, concept: Concept, variant: Variant, seed: int, output: Path, *,
                   data: Path | None = None, pool: Path | None = None, concepts_file: Path | None = None
                   ) -> dict[str, Any]:
     """The training options of one job: shared (what the method reads) <- the variant's own <- the job's.
-    ``data`` and ``pool``: the concept folder and preservation pool as the harness laid them out (toy concepts
-    are written from their spec); ``preserve_pool: concept`` names the concept's pool. A group's job trains on
+    ``data`` and ``pool``: the concept folder and preservation pool as the harness laid them out (spec concepts
+    are written from their spec by the model's world); ``preserve_pool: concept`` names the concept's pool. A group's job trains on
     ``concepts_file`` (its members, each with its own pool when the variant asks for the concept's)."""
     opts = {k: v for k, v in plan.shared.items() if reads(variant.method, k)}
     opts.update(variant.options, method=variant.method)
@@ -359,23 +362,27 @@ def train_options(plan: Plan, concept: Concept, variant: Variant, seed: int, out
         return opts
     if opts.get("preserve_pool") == "concept":
         pool = pool or concept.preserve_pool
-        if pool is None and concept.kind != "toy":
+        if pool is None and concept.kind != "spec":
             raise _err(plan.source, f"variants.{variant.name}.preserve_pool",
                        f"'concept' needs a preserve_pool in concept {concept.name}")
-        opts["preserve_pool"] = str(pool or "toy-concept-pool.txt")
+        opts["preserve_pool"] = str(pool or "spec-concept-pool.txt")
     opts.update(trigger=concept.trigger, seed=seed, output=str(output))
     if concept.class_noun:
         opts["class_noun"] = concept.class_noun
     if concept.caption_template and reads(variant.method, "caption_template"):
         opts["caption_template"] = concept.caption_template
-    if variant.method == "tco":
-        if concept.prompt and "tco_prompt" not in variant.options:
-            opts["tco_prompt"] = concept.prompt
+    from cat_adapter.methods.registry import get_spec, method_names
+
+    spec = get_spec(variant.method)
+    if not spec.needs_data:   # it makes its own images: a prompt-only concept's prompt is its option
+        if concept.prompt and spec.prompt_option and spec.prompt_option not in variant.options:
+            opts[spec.prompt_option] = concept.prompt
     elif concept.kind == "prompt":
-        raise _err(plan.source, f"concepts.{concept.name}", f"has only a prompt, so only tco can train on it "
-                   f"(variant {variant.name} is {variant.method}); give it data or a spec")
+        makers = [m for m in method_names() if get_spec(m).prompt_option]
+        raise _err(plan.source, f"concepts.{concept.name}", f"has only a prompt, so only {' or '.join(makers)} can "
+                   f"train on it (variant {variant.name} is {variant.method}); give it data or a spec")
     else:
-        opts["data"] = str(data or concept.data or "toy-concept-folder")
+        opts["data"] = str(data or concept.data or "spec-concept-folder")
     return opts
 
 

@@ -1,7 +1,7 @@
 """Run a compare plan: one folder per job (train, evaluate, ``done.json`` last), resumable and shardable.
 
 ``DIR/plan.json``       the checked plan (a rerun with another plan into the same folder is refused)
-``DIR/concepts/NAME/``  toy concepts written from their spec, with their held-out, control and pool prompts
+``DIR/concepts/NAME/``  spec concepts written by the model's world, with their held-out, control and pool prompts
 ``DIR/jobs/ID/``        train/ (the training output), eval/ (the evaluation), done.json (written last)
 ``DIR/locks/ID.lock``   created exclusively while a process runs the job (shards, parallel calls)
 ``DIR/report/``         tables and plots, regenerated from the job folders alone (``report.py``)
@@ -22,6 +22,7 @@ import cat_adapter
 from cat_adapter.compare.plan import Concept, Job, Plan, fingerprint, jobs, shard, train_options
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import write_json_atomic, write_text_atomic
+from cat_adapter.methods import registry
 
 log = logging.getLogger(__name__)
 MARKER = "plan.json"
@@ -99,28 +100,28 @@ def _publish_dir(tmp: Path, target: Path) -> None:
 
 
 def concept_inputs(plan: Plan, concept: Concept, out: Path) -> dict:
-    """The concept folder and prompt files of a concept; toy concepts are written from their spec once."""
-    if concept.kind != "toy":
+    """The concept folder and prompt files of a concept; spec concepts are written once by the model's world."""
+    if concept.kind != "spec":
         return {"data": concept.data, "prompts": concept.prompts, "control_prompts": concept.control_prompts,
-                "look": None}
-    from cat_adapter.toy.concept import concept_look, write_concept
-    from cat_adapter.toy.demo import control_prompts, heldout_prompts, pool_prompts
+                "look": None, "world": None}
+    from cat_adapter.plugins import world_for
 
+    world = world_for(plan.shared["model"])
     folder = out / "concepts" / concept.name
     if not (folder / "data").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".data.", dir=folder))
         shutil.rmtree(tmp)
-        write_concept(concept.spec, tmp)
+        world.write_concept(concept.spec, tmp)
         _publish_dir(tmp, folder / "data")
-    look = concept_look(concept.spec)
-    for name, lines in (("heldout.txt", heldout_prompts(concept.spec)), ("control.txt", control_prompts(concept.spec, look)),
-                        ("pool.txt", pool_prompts(concept.spec))):
+    prompts = world.concept_prompts(concept.spec)
+    for name, lines in (("heldout.txt", prompts["heldout"]), ("control.txt", prompts["control"]),
+                        ("pool.txt", prompts["pool"])):
         if not (folder / name).is_file():
             write_text_atomic(folder / name, "\n".join(lines) + "\n")
     return {"data": folder / "data", "prompts": concept.prompts or folder / "heldout.txt",
             "control_prompts": concept.control_prompts or folder / "control.txt", "pool": folder / "pool.txt",
-            "look": look}
+            "look": world.concept_look(concept.spec), "world": world}
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -196,17 +197,18 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
         _train_job(opts, folder, out, cpu=cpu, progress=progress)
         record.update(method=variant.method, options=variant.options, sweep=variant.sweep,
                       **_train_profile(train_dir, folder))
-        if concept.kind == "prompt":  # TCO alone: identity against its first iteration's chosen cluster
-            data = train_dir / "iterations" / "00" / "concept"
-            record["identity_reference"] = "first_cluster"
+        spec = registry.get_spec(variant.method)
+        if concept.kind == "prompt" and spec.identity_reference:  # a method that made its own images (TCO)
+            data = registry.identity_reference(spec)(train_dir)
+            record["identity_reference"] = spec.identity_reference.split(":")[1]   # "first_cluster": report.py
     if not (eval_dir / "metrics.json").is_file():
         evaluate(_eval_options(plan, concept, inputs, data=data, adapter=None if job.is_base else str(train_dir),
                                output=eval_dir, label=record["variant"], cpu=cpu))
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     if inputs.get("look") is not None and "concept_rate_trigger" not in metrics:
-        from cat_adapter.toy.demo import add_concept_rates
+        from cat_adapter.evaluation.concept_rates import add_concept_rates
 
-        add_concept_rates(eval_dir, inputs["look"])
+        add_concept_rates(eval_dir, inputs["look"], inputs["world"])
     inference = metrics.get("inference") or {}
     record.update(infer_s_per_image=inference.get("seconds_per_image"),
                   infer_peak_mem_mb=inference.get("peak_memory_above_model_mb"), metrics="eval/metrics.json",
@@ -238,7 +240,7 @@ def check_pool_controls(opts: dict, control_files: list, source: str) -> None:
 def _train_job(opts: dict, folder: Path, out: Path, *, cpu: bool, progress: bool) -> None:
     """Train one job into ``folder/train`` unless done, resuming a killed run; its time in ``train_time.json``."""
     from cat_adapter.config import build_config
-    from cat_adapter.training.loop import train
+    from cat_adapter.runners import train
 
     train_dir = folder / "train"
     if cpu:

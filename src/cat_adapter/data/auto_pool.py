@@ -2,9 +2,10 @@
 
 Each concept's trigger-free template (its caption template with the trigger removed) is filled with *other*
 class nouns, each with one attribute: ``a {trigger} {class_noun}`` gives ``a red square``, ``a dotted star``,
-``a heart with a blue outline``. The nouns are the toy world's shapes for ``--model toy``, else a built-in list
-of common object and animal nouns (or ``--preserve-pool-nouns FILE``); the attributes are the toy world's
-colours, patterns and outlines, else colours and materials. No concept's own class noun is used.
+``a heart with a blue outline``. The nouns and attributes are the model's world's where it has one
+(``plugins.World``: the shapes world's shapes, colours, patterns and outlines for ``--model toy``), else a built-in
+list of common object and animal nouns (or ``--preserve-pool-nouns FILE``) with colours and materials. No
+concept's own class noun is used.
 
 Two kinds of prompt are left out on purpose, so that the evaluation's control prompts can be held out from the
 pool and a leakage measured on them means generalisation, not memorised preservation: bare other classes
@@ -35,22 +36,18 @@ def _articles(text: str) -> str:
     return re.sub(r"\b([Aa])n (?=[^aeiouAEIOU\s])", r"\1 ", text)
 
 
-def vocabulary(toy: bool, nouns: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(class nouns, attribute phrases with ``{noun}``) of the model family."""
-    if toy:
-        from cat_adapter.toy.world import COLORS, PATTERN_WORDS, SHAPES
-
-        attributes = [f"{c} {{noun}}" for c in COLORS] + \
-            [f"{PATTERN_WORDS[p]} {{noun}}" for p in ("stripes", "dots")] + \
-            [f"{{noun}} with a {c} outline" for c in COLORS]
-        return list(nouns or SHAPES), attributes
+def vocabulary(world=None, nouns: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(class nouns, attribute phrases with ``{noun}``): the model's world's (``plugins.World``), else the built-in
+    lists; ``nouns`` replaces the nouns either way."""
+    if world is not None:
+        return list(nouns or world.class_nouns()), list(world.attributes())
     return list(nouns or NOUNS), [f"{a} {{noun}}" for a in COLOURS + MATERIALS]
 
 
-def auto_pool(concepts, *, toy: bool, nouns: list[str] | None = None) -> list[str]:
+def auto_pool(concepts, *, world=None, nouns: list[str] | None = None) -> list[str]:
     """Every concept's trigger-free template x every other class noun x every attribute, without repeats."""
     own = {c.class_noun.lower() for c in concepts if c.class_noun}
-    names, attributes = vocabulary(toy, nouns)
+    names, attributes = vocabulary(world, nouns)
     out: dict[str, None] = {}
     for c in concepts:
         template = remove_trigger(fill_template(c.caption_template, c.trigger, "{class_noun}"), c.trigger)

@@ -258,7 +258,7 @@ class StreamSampler:
     ``by-images`` draws images as if they were one concept.
     """
 
-    def __init__(self, cache: TrainingCache, *, batch_size: int, pool_size: int, objective, seed: int,
+    def __init__(self, cache: TrainingCache, *, batch_size: int, objective, seed: int, pool_size: int = 0,
                  num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0,
                  preserve_fraction: float = 1.0, balance: str = "uniform"):
         self.cache = cache

@@ -1,8 +1,8 @@
 """How far concepts of one adapter bleed into each other: for the trigger prompts of concept i, how often concept
 j's look appears.
 
-On the shapes world the look is read from pixels: concept j's look is the most common (fill, pattern, outline)
-the pixel reader finds in j's reference images, and the entry is the share of i's trigger images with that look
+Where the model has a world that reads looks from pixels (the shapes world, ``plugins.World``), concept j's look
+is the most common look the world reads in j's reference images, and the entry is the share of i's trigger images with that look
 (``concept_rate``). On real models it is CLIP's identity score: the mean cosine between i's trigger images and
 j's reference images. ``confusion.csv`` has a row per trigger (concept i) and a column per concept j.
 """
@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from cat_adapter.evaluation.concept_rates import open_images
 from cat_adapter.evaluation.manifest import read_manifest
 from cat_adapter.io import atomic_path, write_text_atomic
-
-LOOK_KEYS = ("fill", "pattern", "outline")
 
 
 def trigger_images(eval_dir: Path) -> list[Path]:
@@ -32,44 +30,27 @@ def reference_images(eval_dir: Path) -> list[Path]:
     return list(dict.fromkeys(r.reference for r in read_manifest(eval_dir / "manifest.csv") if r.reference is not None))
 
 
-def look_of(images: list[Path]) -> dict | None:
-    """The most common (fill, pattern, outline) the toy pixel reader finds in ``images`` (None if it reads none)."""
-    from PIL import Image
-
-    from cat_adapter.toy.analyze import analyze
-
-    seen = Counter()
-    for p in images:
-        got = analyze(Image.open(p).convert("RGB"))
-        if all(got[k] is not None for k in LOOK_KEYS):
-            seen[tuple(got[k] for k in LOOK_KEYS)] += 1
-    if not seen:
-        return None
-    return dict(zip(LOOK_KEYS, seen.most_common(1)[0][0]))
+def look_of(images: list[Path], world) -> dict | None:
+    """The most common look ``world`` reads in ``images`` (None if it reads none)."""
+    return world.look_of(open_images(images))
 
 
-def rate_matrix(images: dict[str, list[Path]], looks: dict[str, dict | None]) -> np.ndarray:
+def rate_matrix(images: dict[str, list[Path]], looks: dict[str, dict | None], world) -> np.ndarray:
     """[i, j]: share of concept i's trigger images with concept j's look (NaN where j's look is unknown)."""
-    from PIL import Image
-
-    from cat_adapter.toy.analyze import concept_rate
-
     names = list(images)
     out = np.full((len(names), len(names)), np.nan)
     for i, a in enumerate(names):
-        opened = [Image.open(p).convert("RGB") for p in images[a]]
+        opened = open_images(images[a])
         for j, b in enumerate(names):
             if looks[b] is not None and opened:
-                out[i, j] = concept_rate(opened, looks[b])
+                out[i, j] = world.concept_rate(opened, looks[b])
     return out
 
 
 def identity_matrix(images: dict[str, list[Path]], references: dict[str, list[Path]], embedder) -> np.ndarray:
     """[i, j]: mean cosine between concept i's trigger images and concept j's reference images (CLIP)."""
-    from PIL import Image
-
     def embed(paths: list[Path]) -> np.ndarray:
-        return embedder.embed_images([Image.open(p).convert("RGB") for p in paths])
+        return embedder.embed_images(open_images(paths))
 
     names = list(images)
     emb, ref = {n: embed(images[n]) for n in names}, {n: embed(references[n]) for n in names}

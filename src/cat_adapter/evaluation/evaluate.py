@@ -213,14 +213,14 @@ def evaluate(o: EvalOptions) -> Path:
 
 def concept_folders(adapter) -> dict[str, str]:
     """Each concept's folder, from the ``concepts.yaml`` its training run wrote beside the adapter."""
-    import yaml
+    from cat_adapter.io import read_yaml
 
     folder = adapter.path if adapter.path.is_dir() else adapter.path.parent
     path = folder / "concepts.yaml"
     if not path.is_file():
         raise CatAdapterError(f"--adapter {adapter.path}: {len(adapter.concepts)} concepts and no concepts.yaml beside "
                               "it to find their folders; give --concept NAME and its --data")
-    entries = yaml.safe_load(path.read_text()).get("concepts") or []
+    entries = (read_yaml(path, f"--adapter {adapter.path}: concepts.yaml") or {}).get("concepts") or []
     return {e["name"]: e["data"] for e in entries}
 
 
@@ -254,23 +254,22 @@ def evaluate_concepts(o: EvalOptions, adapter, out: Path, options_for=None) -> P
         def options_for(name: str, output: Path) -> EvalOptions:
             return replace(o, concept=name, data=folders[name], output=str(output), overwrite=False,
                            label=f"{label}:{name}")
-    from cat_adapter.toy.assets import is_toy_model
+    from cat_adapter.evaluation.concept_rates import add_concept_rates
+    from cat_adapter.plugins import world_for
 
-    toy = is_toy_model(o.model)
+    world = world_for(o.model)   # a world that reads looks from pixels (the shapes world), or None
     with atomic_dir(out) as tmp, shared.shared_objects():
         per: dict[str, dict] = {}
         for name in names:
             sub = evaluate(options_for(name, tmp / name))
             per[name] = json.loads((sub / "metrics.json").read_text())
         images = {n: confusion.trigger_images(tmp / n) for n in names}
-        if toy:
-            from cat_adapter.toy.demo import add_concept_rates
-
-            looks = {n: confusion.look_of(confusion.reference_images(tmp / n)) for n in names}
+        if world is not None:
+            looks = {n: confusion.look_of(confusion.reference_images(tmp / n), world) for n in names}
             for n in names:
                 if looks[n] is not None:
-                    per[n].update(add_concept_rates(tmp / n, looks[n]))
-            matrix, kind = confusion.rate_matrix(images, looks), "concept_rate"
+                    per[n].update(add_concept_rates(tmp / n, looks[n], world))
+            matrix, kind = confusion.rate_matrix(images, looks, world), "concept_rate"
         else:
             device = pick_device(o.cpu)
             embedder = shared.get(("clip", o.clip, str(device), o.clip_batch_size),

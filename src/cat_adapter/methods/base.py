@@ -13,19 +13,12 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 
 from cat_adapter.errors import CatAdapterError
-
-BackwardFn = Callable[[torch.Tensor], None]
-
-
-@dataclass
-class LossOutput:
-    total: torch.Tensor                                      # scalar (already backpropagated)
-    terms: dict[str, float] = field(default_factory=dict)    # named terms, logged separately
+from cat_adapter.methods.terms import BackwardFn, LossOutput, run_terms
 
 
 @dataclass
@@ -117,8 +110,6 @@ class Method:
 
     # ------------------------------------------------------------------------------------ steps
     def forward_backward(self, batch, backward: BackwardFn) -> LossOutput:
-        from cat_adapter.methods.terms import run_terms
-
         return run_terms(self, batch, backward)
 
     def after_step(self) -> None:
@@ -128,6 +119,14 @@ class Method:
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{part.kind}.{k}": v for part in self.parts for k, v in part.state_dict().items()}
+
+    def term_logs(self) -> dict[str, float]:
+        """Figures the terms log beside the loss, read before a step: what it trains with (CAT's alpha)."""
+        return {k: v for t in self.terms if hasattr(t, "log_values") for k, v in t.log_values().items()}
+
+    def part_logs(self) -> dict[str, float]:
+        """Figures the parts log beside the loss, read after a step (how far TI's rows moved)."""
+        return {k: v for p in self.parts if hasattr(p, "log_values") for k, v in p.log_values().items()}
 
     def term_state(self) -> dict[str, dict]:
         """JSON-able state of the loss terms (constrained CAT's alpha), by term name."""
@@ -172,11 +171,10 @@ def check_state_keys(expected: set[str], got: set[str], what: str) -> None:
 
 def build_method(cfg, model, *, need_base_copy: bool = False) -> Method:
     """The method of ``cfg``: its parts attached to ``model`` and its active terms, from the registry."""
-    from cat_adapter.methods import registry
+    from cat_adapter.methods.registry import active_terms, get_spec, part_class, term_class
 
-    spec = registry.get_spec(cfg.method.method)
-    term_names = registry.active_terms(spec, cfg)
-    context = {"need_base_copy": need_base_copy or "preservation" in term_names}
-    parts = [registry.part_class(name)(model, cfg, **context) for name in spec.parts]
-    terms = [registry.term_class(name)(cfg) for name in term_names]
+    spec = get_spec(cfg.method.method)
+    terms = [term_class(name)(cfg) for name in active_terms(spec, cfg)]
+    context = {"need_base_copy": need_base_copy or any(t.needs_base for t in terms)}
+    parts = [part_class(name)(model, cfg, **context) for name in spec.parts]
     return Method(spec.name, model, parts, terms, cat_mode=cfg.preservation.cat_mode)

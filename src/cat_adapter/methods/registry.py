@@ -1,8 +1,13 @@
 """The method registry: each method is what is trained (parts) x which loss terms, plus its options.
 
-Light on purpose (no torch): the config and the CLI read it to build ``--method``'s choices, the
-option sections and the per-method defaults. Each method folder registers itself in its
-``__init__.py``; its parts and terms are imported only when a run builds them.
+Light on purpose (no torch, no import of the method folders): the config and the CLI read it to build
+``--method``'s choices, the option sections and the per-method defaults. Each method folder registers itself in
+its ``__init__.py``, which ``cat_adapter/methods/__init__.py`` imports; Python runs that package first whenever
+this module is imported, so every built-in method is registered before anything here is read. Parts and terms
+are imported only when a run builds them.
+
+A method declares what it supports (``MethodSpec``); a term declares when it runs (``enabled``), its order and its
+options section (``register_term``); what a term needs from the data stream it says itself (``Term.stream_options``).
 """
 
 from __future__ import annotations
@@ -13,14 +18,27 @@ from typing import Any, Callable
 
 # Option sections contributed by method folders: name -> dataclass (its fields are the flags).
 _SECTIONS: dict[str, type] = {}
-# Parts (what is trained) and terms (loss terms): name -> "module:attribute", imported lazily.
+# Parts (what is trained): name -> "module:attribute", imported lazily.
 _PARTS: dict[str, str] = {}
-_TERMS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """A loss term: where its class lives, its place in a step (lower runs first) and, for a term a method lists as
+    optional, the test of the options that switch it on."""
+
+    name: str
+    target: str                                           # "module:Class"
+    order: int
+    enabled: Callable[[Any], bool] | None = None          # (config) -> on; None: on whenever the method lists it
+
+
+_TERMS: dict[str, TermSpec] = {}
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """``name`` = ``parts`` x ``terms``; ``optional_terms`` are switched on by options (see ``active_terms``)."""
+    """``name`` = ``parts`` x ``terms``; ``optional_terms`` are switched on by options (their ``enabled``)."""
 
     name: str
     parts: tuple[str, ...]
@@ -31,9 +49,14 @@ class MethodSpec:
     description: str = ""
     check: Callable[[Any, set[str]], None] | None = None  # (config, explicitly given option names) -> raise
     # "module:function" that runs the whole method instead of the plain training loop (an orchestrator such as
-    # The Chosen One, which generates its own data and trains several times); None: the loop.
+    # The Chosen One, which generates its own data and trains several times; it lives above training/); None: the loop.
     runner: str | None = None
     needs_data: bool = True                    # False: the method makes its own images, --data is not read
+    multi_concept: bool = False                # trains several concepts in one adapter (--concepts)
+    # A method that makes its own images (needs_data False): the option a prompt-only concept's prompt goes to,
+    # and "module:function" (training output folder) -> the folder of images identity is measured against.
+    prompt_option: str | None = None
+    identity_reference: str | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -48,8 +71,8 @@ def register_part(name: str, target: str) -> None:
     _PARTS[name] = target
 
 
-def register_term(name: str, target: str) -> None:
-    _TERMS[name] = target
+def register_term(name: str, target: str, *, order: int, enabled: Callable[[Any], bool] | None = None) -> None:
+    _TERMS[name] = TermSpec(name, target, order, enabled)
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
@@ -57,17 +80,11 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
-def _ensure() -> None:
-    import cat_adapter.methods  # noqa: F401  (the built-in method folders register themselves)
-
-
 def method_names() -> list[str]:
-    _ensure()
     return list(_METHODS)
 
 
 def get_spec(name: str) -> MethodSpec:
-    _ensure()
     if name not in _METHODS:
         from cat_adapter.errors import CatAdapterError
 
@@ -76,39 +93,41 @@ def get_spec(name: str) -> MethodSpec:
 
 
 def sections() -> dict[str, type]:
-    _ensure()
     return dict(_SECTIONS)
 
 
-def _load(table: dict[str, str], name: str):
-    module, attr = table[name].split(":")
+def _load(target: str):
+    module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
+def term_names() -> list[str]:
+    return list(_TERMS)
+
+
 def part_class(name: str):
-    _ensure()
-    return _load(_PARTS, name)
+    return _load(_PARTS[name])
 
 
 def term_class(name: str):
-    _ensure()
-    return _load(_TERMS, name)
+    return _load(_TERMS[name].target)
 
 
 def runner(spec: MethodSpec):
     """The orchestrator function of a method that is not one pass of the training loop, or None."""
-    if spec.runner is None:
-        return None
-    module, attr = spec.runner.split(":")
-    return getattr(importlib.import_module(module), attr)
+    return None if spec.runner is None else _load(spec.runner)
+
+
+def identity_reference(spec: MethodSpec):
+    """``(training output folder) -> images folder`` of a method that makes its own images, or None."""
+    return None if spec.identity_reference is None else _load(spec.identity_reference)
 
 
 def active_terms(spec: MethodSpec, cfg) -> list[str]:
-    """The method's terms plus the optional ones its options switch on, in execution order."""
+    """The method's terms plus the optional ones its options switch on, in each term's declared order."""
     terms = list(spec.terms)
-    if "prior" in spec.optional_terms and cfg.prior.prior_preservation and "prior" not in terms:
-        terms.append("prior")
-    if "preservation" in spec.optional_terms and cfg.preservation.on and "preservation" not in terms:
-        terms.append("preservation")
-    order = ("identity", "prior", "preservation")
-    return sorted(terms, key=order.index)
+    for name in spec.optional_terms:
+        enabled = _TERMS[name].enabled
+        if name not in terms and (enabled is None or enabled(cfg)):
+            terms.append(name)
+    return sorted(terms, key=lambda n: _TERMS[n].order)

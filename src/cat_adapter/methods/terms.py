@@ -10,14 +10,21 @@ plain LoRA's. Both give the same gradients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from cat_adapter.diffusion import mse
-from cat_adapter.methods.base import BackwardFn, LossOutput
 from cat_adapter.models.base import Cond, TokenIds
+
+BackwardFn = Callable[[torch.Tensor], None]
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor                                      # scalar (already backpropagated)
+    terms: dict[str, float] = field(default_factory=dict)    # named terms, logged separately
 
 
 @dataclass
@@ -65,12 +72,17 @@ class StepInputs:
 
 class Term:
     """What every loss term has: a name, a group (``data`` or ``preservation``), a weight, the rows it reads and a
-    pure loss; and two optional hooks the loop calls without knowing the term: ``check_inputs`` (cheap checks of
-    the term's own inputs before any model loads) and ``prepare`` (data it needs once the base model is loaded).
-    Both return keyword arguments of the training cache (``data.cache.build_cache``)."""
+    pure loss; and what the loop asks of it without knowing it: ``check_inputs`` (cheap checks of the term's own
+    inputs before any model loads) and ``prepare`` (data it needs once the base model is loaded), both returning
+    keyword arguments of the training cache (``data.cache.build_cache``); ``stream_options`` (what it needs from
+    the data stream: ``data.cache.StreamSampler`` keywords); ``kept_folders`` (folders of the output that
+    ``--overwrite`` keeps: caches the term checks itself); ``needs_base`` (it reads the base model's prediction,
+    so a full fine-tune keeps a frozen copy)."""
 
     name: str
     group: str
+    needs_base: bool = False
+    kept_folders: tuple[str, ...] = ()
 
     @classmethod
     def check_inputs(cls, cfg) -> dict:
@@ -78,6 +90,10 @@ class Term:
 
     @classmethod
     def prepare(cls, cfg, model, accelerator) -> dict:
+        return {}
+
+    @classmethod
+    def stream_options(cls, cfg) -> dict:
         return {}
 
     def active(self, step: int) -> bool:

@@ -1,18 +1,21 @@
-"""What every model family shares: conditioning objects, the family registry, model identity.
+"""The model-family contract (``ModelFamily``), conditioning objects, the family registry, model identity.
 
-A family (``sd``, ``sdxl``, ``flux``) is a class registered by name. ``load_model``
-returns one object that owns how the denoiser is called (``predict(z_t, t, cond)``), the text side
-(tokenizers, encoders, added tokens, which prompts can be cached), the training objective and
-how its LoRA is saved and loaded. Nothing outside ``models/`` names a U-Net.
+A family (``sd``, ``sdxl``, ``flux``) is a module with one class that implements ``ModelFamily`` and a ``Family``
+registration naming the pipeline classes it loads. ``load_model`` returns that object: it owns how the denoiser is
+called (``predict(z_t, t, cond)``), the text side (tokenizers, encoders, added tokens, which prompts can be cached),
+the training objective (epsilon, v or flow, configured by the run's options) and the LoRA file. A family says what
+it supports (``supports(feature)``, features from ``FEATURES``) instead of inheriting a method and refusing it.
+Nothing outside ``models/`` names a U-Net or a transformer. Adding a family: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -82,6 +85,61 @@ class TokenIds:
 
     def __getitem__(self, idx) -> "TokenIds":
         return TokenIds(self.ids[idx], {k: v[idx] for k, v in self.extra.items()})
+
+
+# ------------------------------------------------------------------------------------------ the contract
+# What a family may support beyond the contract: LoRA on its (first) text encoder, sd-scripts' LoRA file, new
+# token embeddings (Textual Inversion). A method part asks ``supports`` before it trains.
+FEATURES = ("text_encoder_lora", "kohya_export", "tokens")
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """What the trainer, the methods, sampling and evaluation use of a loaded model (``models/pipeline.py`` holds
+    the plumbing a diffusers-pipeline family shares; ``tests/test_families.py`` runs every family through it)."""
+
+    family: str                       # the registry name, recorded in adapter.json
+    denoiser_name: str                # the pipeline's attribute and sub-folder of the denoiser
+    pipe: Any                         # the diffusers pipeline (sampling, LoRA loading)
+    text: Any                         # the text side: encode, encode_ids, token_ids, cacheable, rewrite, tokenize
+    objective: Any                    # diffusion.DDPMObjective or FlowMatchObjective
+    lora_targets: tuple[str, ...]     # default --target-modules
+
+    def supports(self, feature: str) -> bool: ...
+    @property
+    def identity(self) -> dict: ...
+    @property
+    def denoiser(self) -> torch.nn.Module: ...
+    def frozen_components(self) -> list[torch.nn.Module]: ...
+    def to(self, device) -> "ModelFamily": ...
+    @property
+    def device(self) -> torch.device: ...
+    def set_graded(self, module: torch.nn.Module | None) -> None: ...
+    def ungraded(self) -> AbstractContextManager: ...
+    def denoiser_swapped(self, module: torch.nn.Module) -> AbstractContextManager: ...
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: "Cond", *, micro: torch.Tensor | None = None,
+                lora_scale: float | None = None) -> torch.Tensor: ...
+    def encode_images(self, pixels: torch.Tensor, *, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @property
+    def latent_scale(self) -> tuple[float, float]: ...
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
+    @property
+    def size_multiple(self) -> int: ...
+    @property
+    def default_resolution(self) -> int: ...
+    @property
+    def default_guidance(self) -> float: ...
+    def conditioning(self) -> dict: ...
+    def configure(self, **settings) -> None: ...
+    def pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def pipeline_kwargs(self, lora_scale: float | None) -> dict: ...
+    def check_lora_targets(self, targets: list[str]) -> None: ...
+    def save_lora(self, out_dir: Path, state_dict: dict, metadata: dict, text_encoder_state: dict | None = None,
+                  text_encoder_metadata: dict | None = None) -> Path: ...
+    def load_lora(self, file: Path, *, adapter_name: str, option: str = "--adapter") -> None: ...
+    def save_denoiser(self, folder: Path, dtype: torch.dtype) -> Path: ...
+    def load_denoiser(self, folder: Path, *, option: str = "--adapter") -> torch.nn.Module: ...
+    # with "kohya_export": save_lora_kohya(path, state_dict, *, alpha, rank) -> Path
 
 
 # ------------------------------------------------------------------------------------------ model spec
@@ -158,7 +216,8 @@ def same_model(a: dict, b: dict) -> bool:
 class Family:
     name: str
     pipeline_classes: tuple[str, ...]        # model_index.json _class_name values this family loads
-    load: Callable                          # (spec, resolved path, dtype) -> model object
+    load: Callable                          # (spec, resolved path, dtype) -> a ModelFamily
+    denoiser_folder: str = "unet"           # the pipeline's sub-folder of the denoiser (another tool's full fine-tune)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -170,9 +229,13 @@ def register_family(family: Family) -> Family:
 
 
 def families() -> dict[str, Family]:
-    from cat_adapter.models import flux, sd, sdxl  # noqa: F401  (registers the built-in families)
-
+    """Every registered family (``cat_adapter/models/__init__.py`` imports the built-in modules, which register)."""
     return dict(_FAMILIES)
+
+
+def denoiser_folders() -> tuple[str, ...]:
+    """The denoiser sub-folders of every family's pipeline (``unet``, ``transformer``), in registration order."""
+    return tuple(dict.fromkeys(f.denoiser_folder for f in _FAMILIES.values()))
 
 
 def family_of(resolved: str, option: str) -> Family:

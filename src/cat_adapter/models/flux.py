@@ -16,14 +16,13 @@ What differs from SD, as diffusers' ``FluxPipeline`` and its Flux training scrip
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from cat_adapter.diffusion import FlowMatchObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, register_family
-from cat_adapter.models.sd import SDModel, SDText, load_pipeline
+from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.text import TextSide
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 # diffusers' train_dreambooth_lora_flux.py default targets (attention of both streams and both feed-forwards)
@@ -33,8 +32,9 @@ LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.ad
 T5_LIMIT = 512   # FluxPipeline refuses longer prompts
 
 
-class FluxText(SDText):
-    """CLIP (pooled) and T5 (sequence) tokenizers and encoders; prompts -> ``Cond(hidden=T5, pooled=CLIP)``."""
+class ClipT5Text(TextSide):
+    """CLIP (pooled) and T5 (sequence) tokenizers and encoders; prompts -> ``Cond(hidden=T5, pooled=CLIP)``.
+    No token training: the prompt is T5's, CLIP's is only pooled."""
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -81,27 +81,21 @@ class FluxText(SDText):
         wrapped = wrapped or {}
         return self._encode(p.ids, p.extra["ids_2"], wrapped.get("text_encoder"), wrapped.get("text_encoder_2"))
 
-    def add_tokens(self, *args, **kwargs):
-        raise CatAdapterError("--method ti is not built for the flux family (its prompt is T5's; CLIP's is only "
-                              "pooled); use lora or cat")
 
 
-class FluxModel(SDModel):
+class FluxModel(PipelineFamily):
     """A loaded ``FluxPipeline``."""
 
     family = "flux"
+    pipeline_class = "FluxPipeline"
+    denoiser_name = "transformer"
+    denoiser_class = "FluxTransformer2DModel"
+    denoiser_label = "Flux transformer"
+    text_encoders = ("text_encoder", "text_encoder_2")
     lora_targets = LORA_TARGETS
     target_examples = "attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp"
-    pipeline_class = "FluxPipeline"
-    text_encoders = ("text_encoder", "text_encoder_2")
-    supports_text_encoder_lora = False
-    supports_kohya_export = False
-    supports_tokens = False
-    denoiser_class = "FluxTransformer2DModel"
-    denoiser_name = "transformer"
-    denoiser_label = "Flux transformer"
-
-    text_class = FluxText
+    features = frozenset()        # no text-encoder LoRA, kohya file or token training (yet)
+    text_class = ClipT5Text
     objective_class = FlowMatchObjective
 
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
@@ -132,7 +126,7 @@ class FluxModel(SDModel):
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
                 lora_scale: float | None = None) -> torch.Tensor:
         """The velocity for unpacked latents z_t (B, C, h, w) at timesteps t in [0, 1000]: (B, C, h, w)."""
-        net = self._graded if self._graded is not None else self.pipe.transformer
+        net = self.net()
         from diffusers import FluxPipeline as pipe   # its static packing helpers
 
         b, c, h, w = z_t.shape
@@ -177,16 +171,12 @@ class FluxModel(SDModel):
             kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
         return kwargs
 
-    # ------------------------------------------------------------------------------------ LoRA files
-    def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
-        raise CatAdapterError("--export-format kohya is not built for Flux; the diffusers file loads in ComfyUI too")
 
-
-def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:
+def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:
     pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
                          single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
                          pipeline_class="FluxPipeline", components=COMPONENTS, pipeline_kwargs={})
     return FluxModel(pipe, spec, resolved)
 
 
-register_family(Family("flux", ("FluxPipeline",), _load))
+register_family(Family("flux", ("FluxPipeline",), build, denoiser_folder="transformer"))

@@ -18,28 +18,27 @@ training scripts do it:
 
 from __future__ import annotations
 
-import copy
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
+from cat_adapter.diffusion import DDPMObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
-from cat_adapter.models.sd import SDModel, SDText, load_pipeline
+from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.sd import unet_size_multiple
+from cat_adapter.models.text import TextSide, add_token_rows, new_token_names
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 EMBED_KEYS = ("clip_l", "clip_g")   # the two encoders' rows in an SDXL embedding file
 
 
-class SDXLText(SDText):
-    """Two tokenizers and encoders; prompts -> ``Cond(hidden = [h_1; h_2] penultimate, pooled = the 2nd's)``."""
+class DualClipText(TextSide):
+    """Two tokenizers and encoders; prompts -> ``Cond(hidden = [h_1; h_2] penultimate, pooled = the 2nd's)``.
+    Trains tokens (one row set per encoder)."""
 
-    def __init__(self, pipe):
-        super().__init__(pipe)
-        self._original_tokenizer_2 = None
+    tokenizer_names = ("tokenizer", "tokenizer_2")
 
     @property
     def tokenizers(self) -> list:
@@ -50,9 +49,7 @@ class SDXLText(SDText):
         return [self.pipe.text_encoder, self.pipe.text_encoder_2]
 
     def _ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        converted = [self.rewrite(p) for p in prompts]
-        if self.token_map:
-            converted = [self.pipe.maybe_convert_prompt(p, tokenizer) for p in converted]
+        converted = [self.convert(p, tokenizer) for p in prompts]
         return tokenizer(converted, padding="max_length", max_length=int(tokenizer.model_max_length),
                          truncation=True, return_tensors="pt").input_ids
 
@@ -91,13 +88,17 @@ class SDXLText(SDText):
                    ) -> tuple[list[str], list[torch.nn.Parameter]]:
         """The same new tokens in both tokenizers, with rows in both encoders (each initialised from its own
         embedding of ``initializer``)."""
-        token, names = self._new_token_names(self.pipe.tokenizer, trigger, num_vectors)
+        token, names = new_token_names(self.pipe.tokenizer, trigger, num_vectors)
         if any(n in self.pipe.tokenizer_2.get_vocab() for n in names):
             raise CatAdapterError(f"--trigger {trigger}: the second tokenizer already has {token!r}; choose another "
                                   "trigger for --method ti")
-        self._original_tokenizer = self._original_tokenizer or copy.deepcopy(self.pipe.tokenizer)
-        self._original_tokenizer_2 = self._original_tokenizer_2 or copy.deepcopy(self.pipe.tokenizer_2)
-        rows = [self._add_rows(tok, enc, names, initializer, option) for tok, enc in zip(self.tokenizers, self.encoders)]
+        self.keep_original_tokenizers()
+        rows = []
+        for tok, enc in zip(self.tokenizers, self.encoders):
+            row, ids = add_token_rows(tok, enc, names, initializer, option)
+            rows.append(row)
+            if tok is self.tokenizer:
+                self.trainable_ids |= set(ids)
         self.token_map[trigger] = token
         return names, rows
 
@@ -113,8 +114,7 @@ class SDXLText(SDText):
         file's stem (A1111's convention)."""
         from safetensors.torch import load_file
 
-        self._original_tokenizer = self._original_tokenizer or copy.deepcopy(self.pipe.tokenizer)
-        self._original_tokenizer_2 = self._original_tokenizer_2 or copy.deepcopy(self.pipe.tokenizer_2)
+        self.keep_original_tokenizers()
         state = load_file(str(file))
         if set(state) != set(EMBED_KEYS):
             raise CatAdapterError(f"{option} {file}: SDXL embeddings hold clip_l and clip_g, this file "
@@ -127,28 +127,21 @@ class SDXLText(SDText):
             raise CatAdapterError(f"{option} {file}: cannot load the embeddings ({first_line(exc)})") from None
         self.token_map.update(tokens or {token: token})
 
-    @contextmanager
-    def original_tokens(self) -> Iterator[None]:
-        if self._original_tokenizer is None:
-            yield
-            return
-        trained = (self.pipe.tokenizer, self.pipe.tokenizer_2, self.token_map)
-        self.pipe.tokenizer, self.pipe.tokenizer_2, self.token_map = \
-            self._original_tokenizer, self._original_tokenizer_2, {}
-        try:
-            yield
-        finally:
-            self.pipe.tokenizer, self.pipe.tokenizer_2, self.token_map = trained
 
-
-class SDXLModel(SDModel):
+class SDXLModel(PipelineFamily):
     """A loaded ``StableDiffusionXLPipeline``."""
 
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
+    denoiser_name = "unet"
+    denoiser_class = "UNet2DConditionModel"
+    denoiser_label = "U-Net"
     text_encoders = ("text_encoder", "text_encoder_2")
-    text_class = SDXLText
-    supports_text_encoder_lora = False
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    target_examples = "to_q, to_out.0, proj_in, conv1"
+    features = frozenset({"kohya_export", "tokens"})
+    text_class = DualClipText
+    objective_class = DDPMObjective
 
     def time_ids(self, z_t: torch.Tensor, micro: torch.Tensor | None) -> torch.Tensor:
         """(B, 6): ``micro`` as given, else the latent's own size in pixels, no crop (the pipeline's default)."""
@@ -160,10 +153,9 @@ class SDXLModel(SDModel):
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
                 lora_scale: float | None = None) -> torch.Tensor:
-        net = self._graded if self._graded is not None else self.pipe.unet
         kwargs = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
         added = {"text_embeds": cond.pooled, "time_ids": self.time_ids(z_t, micro).to(cond.hidden.dtype)}
-        return net(z_t, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
+        return self.net()(z_t, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, *, chunk: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +170,18 @@ class SDXLModel(SDModel):
             return super().encode_images(pixels, chunk=chunk)
         finally:
             vae.to(dtype)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.pipe.vae_scale_factor
+        return self.pipe.unet.config.in_channels, height // f, width // f
+
+    @property
+    def size_multiple(self) -> int:
+        return unet_size_multiple(self.pipe)
+
+    @property
+    def default_resolution(self) -> int:
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
     # ------------------------------------------------------------------------------------ LoRA files
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
@@ -256,7 +260,7 @@ def sgm_names(unet) -> dict[str, str]:
     return out
 
 
-def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDXLModel:
+def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDXLModel:
     pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
                          single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
                          pipeline_class="StableDiffusionXLPipeline", components=COMPONENTS,
@@ -264,4 +268,4 @@ def _load(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDXLModel:
     return SDXLModel(pipe, spec, resolved)
 
 
-register_family(Family("sdxl", ("StableDiffusionXLPipeline",), _load))
+register_family(Family("sdxl", ("StableDiffusionXLPipeline",), build))

@@ -13,13 +13,6 @@ from pathlib import Path
 from cat_adapter.errors import CatAdapterError
 
 TOY = "toy"
-
-
-def is_toy_model(spec: str | None) -> bool:
-    """Whether ``--model`` names the shipped shapes-world model (whose vocabulary and pixel reader apply)."""
-    return bool(spec) and spec.strip().lower() == TOY
-
-
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
@@ -38,13 +31,6 @@ def toy_pipeline(option: str = "--model") -> Path:
 
 def toy_clip(option: str = "--clip") -> Path:
     return _folder("clip", option)
-
-
-def resolve(spec: str | None, kind: str, option: str) -> str | None:
-    """``spec`` unchanged, or the shipped folder's path when it is ``toy``."""
-    if spec is None or spec.strip().lower() != TOY:
-        return spec
-    return str(toy_pipeline(option) if kind == "pipeline" else toy_clip(option))
 
 
 def build_record() -> dict:
@@ -68,9 +54,3 @@ def info() -> dict:
         "built": {k: record.get(k) for k in ("command", "commit", "seconds")} if record else None,
         "weights": record.get("weights"),
     }
-
-
-def register(plugins) -> None:
-    """Entry point (group ``cat_adapter.plugins``): ``--model toy`` and ``--clip toy``."""
-    plugins.register_alias(TOY, "pipeline", lambda option: str(toy_pipeline(option)))
-    plugins.register_alias(TOY, "clip", lambda option: str(toy_clip(option)))

@@ -18,20 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.toy.world import COLORS, PATTERN_WORDS, PATTERNS, SHAPES
+from cat_adapter.toy.plugin import BASELINES, control_prompts, heldout_prompts, pool_prompts
 
 DEFAULT_SPEC = {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
                 "appearance": {"fill": "blue", "pattern": "stripes", "pattern_color": "yellow", "outline": "black"},
                 "num_images": 6, "seed": 0}
 METHODS = ("lora", "cat", "cat_pool")               # the default set (about 4 minutes on 2 cores)
 EXTRA_METHODS = ("dreambooth", "ti")                # --methods may add them
-# Toy settings of the baselines (the demo's LoRA settings are 250 steps at lr 1e-3). DreamBooth's reference lr
-# (5e-6) and TI's (2e-3, 1 vector) learn nothing measurable on the 2.2M-parameter toy U-Net in a demo's budget;
-# these won a short sweep on the default concept (benchmarks/toy_baselines.py, README "Methods and their
-# defaults"). TI's steps are its own: a TI step costs a fifth of a DreamBooth step here.
-TOY_BASELINES = {"dreambooth": dict(method="dreambooth", lr=5e-4, num_class_images=16, class_sample_steps=20,
-                                    class_guidance_scale=4.0),
-                 "ti": dict(method="ti", lr=2e-2, num_vectors=4, steps=1000)}
 MARKER = "demo.json"
 
 
@@ -73,33 +66,6 @@ class DemoSettings:
         return self
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def heldout_prompts(spec: dict) -> list[str]:
-    """Trigger prompts never used as captions (concept captions always name the background)."""
-    return [f"a {{trigger}} {spec['class_noun']}"]
-
-
-def control_prompts(spec: dict, look: dict) -> list[str]:
-    """Trigger-free prompts never trained on: the other classes, and the class with other attributes."""
-    noun = spec["class_noun"]
-    others = [s for s in SHAPES if s != noun]
-    colours = [c for c in ("blue", "green", "red", "purple", "yellow") if c not in (look["fill"], look["outline"])]
-    pattern = next(p for p in PATTERNS if p not in ("solid", look["pattern"]))
-    outline = next(c for c in ("green", "red", "blue") if c not in (look["outline"], look["fill"]))
-    return ([f"a {s}" for s in others]
-            + [f"{_article(colours[0])} {colours[0]} {noun}", f"{_article(colours[1])} {colours[1]} {noun}",
-               f"a {PATTERN_WORDS[pattern]} {noun}", f"a {noun} with a {outline} outline"])
-
-
-def pool_prompts(spec: dict) -> list[str]:
-    """The preservation pool of cat_pool: coloured prompts of the other classes (never a control prompt)."""
-    others = [s for s in SHAPES if s != spec["class_noun"]]
-    return [f"{_article(c)} {c} {s}" for i, s in enumerate(others) for c in (COLORS[(2 * i) % 8], COLORS[(2 * i + 5) % 8])]
-
-
 def check_prompt_sets(pool: list[str], controls: list[str]) -> None:
     shared = sorted(set(pool) & set(controls))
     if shared:
@@ -113,30 +79,6 @@ def _prepare_output(out: Path) -> None:
     if check_output_folder(out, markers=(MARKER,), kind="a demo folder", overwrite=True) == "overwrite":
         print(f"replacing the previous demo in {out}")
         shutil.rmtree(out)
-
-
-def add_concept_rates(eval_dir: Path, look: dict) -> dict:
-    """Pixel-read concept rates of an evaluation's images, added to its metrics.json."""
-    from PIL import Image
-
-    from cat_adapter.evaluation.manifest import read_manifest
-    from cat_adapter.io import write_json_atomic
-    from cat_adapter.toy.analyze import concept_rate
-
-    rows = read_manifest(eval_dir / "manifest.csv")
-    trig = [r.image_trigger for r in rows if r.group != "control" and r.image_trigger is not None]
-    plain = [r.image_plain for r in rows if r.group != "control"]
-    control = [r.image_plain for r in rows if r.group == "control"]
-
-    def rate(paths: list[Path]) -> float | None:
-        return concept_rate([Image.open(p).convert("RGB") for p in paths], look) if paths else None
-
-    rates = {"concept_rate_trigger": rate(trig), "concept_rate_class": rate(plain), "concept_rate_control": rate(control)}
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
-    metrics.update(rates)
-    metrics["concept_look"] = look
-    write_json_atomic(eval_dir / "metrics.json", metrics)
-    return rates
 
 
 def toy_model_id() -> str:
@@ -154,7 +96,8 @@ def demo_plan(out: Path, spec: dict, settings: DemoSettings, *, sample_steps: in
     variants = {"lora": dict(method="lora"), "cat": dict(method="cat", cat_alpha=settings.cat_alpha),
                 "cat_pool": dict(method="cat", cat_alpha=settings.cat_alpha, preserve_pool="concept",
                                  preserve_pool_size=settings.pool_size),
-                "dreambooth": dict(TOY_BASELINES["dreambooth"]), "ti": dict(TOY_BASELINES["ti"])}
+                "dreambooth": dict(method="dreambooth", **BASELINES["dreambooth"]),
+                "ti": dict(method="ti", **BASELINES["ti"])}
     trigger, noun = spec["trigger"], spec["class_noun"]
     return {
         "concepts": [{"name": spec["name"], "spec": spec}],

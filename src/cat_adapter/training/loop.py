@@ -6,7 +6,6 @@ train, which loss terms run and what is exported all come from the method the re
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -21,7 +20,8 @@ import torch
 import yaml
 
 import cat_adapter
-from cat_adapter.config import TrainConfig, bucket_sides, config_from_dict, resume_mismatch, save_config
+from cat_adapter.config import (TrainConfig, bucket_sides, check_bucket_sides, config_from_dict, resume_mismatch,
+                               save_config)
 from cat_adapter.data.buckets import bucket_sizes
 from cat_adapter.data.cache import StreamSampler, bucket_record, build_cache
 from cat_adapter.data.concept import ConceptItem
@@ -44,7 +44,6 @@ MIXED = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
-CLASS_IMAGES_DEFAULT = "class_images"  # OUT/class_images: kept by --overwrite (methods/dreambooth/class_images.py)
 
 
 @dataclass
@@ -69,26 +68,21 @@ class Session:
     cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, accelerator=None) -> Path:
-    """Train as ``cfg`` says; returns the output folder. Raises CatAdapterError on bad input.
+def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
+               init_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """One run of the training loop; returns the output folder. Raises CatAdapterError on bad input. Every
+    method's entry point is ``cat_adapter.runners.train`` (a method with a runner of its own is run by it).
 
     ``accelerator``: one the caller made and keeps (a harness that trains many times in one process, with one
     precision setting). Without it each call makes its own and resets accelerate's process-wide state at the
     end (accelerate keeps one precision setting per process), so a later call may use another precision.
-    A method with a runner of its own (The Chosen One) is handed the config instead of the loop.
-    """
-    runner = registry.runner(registry.get_spec(cfg.method.method))
-    if runner is not None:
-        return runner(cfg, progress=progress, accelerator=accelerator)
-    return train_loop(cfg, progress=progress, accelerator=accelerator)
-
-
-def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
-               init_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """One run of the training loop (``train`` without the method runners). ``init_state``: the method's trained
-    state to start from (``Method.state_dict`` keys, loaded strictly) instead of its initialisation."""
+    ``init_state``: the method's trained state to start from (``Method.state_dict`` keys, loaded strictly)
+    instead of its initialisation."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+
+    if registry.get_spec(cfg.method.method).runner is not None:
+        raise CatAdapterError(f"--method {cfg.method.method} is run by its own runner: call cat_adapter.runners.train")
 
     out, run = Path(cfg.run.output), cfg.run
     mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
@@ -184,8 +178,9 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[Conce
         if mode == "overwrite" or (mode == "resume" and not checkpoints):
             if mode == "resume":
                 log.warning("--resume: no checkpoint in %s, starting from step 0", out)
-            for entry in out.iterdir():  # all but the default class-image cache (it checks its own manifest)
-                if entry.name == CLASS_IMAGES_DEFAULT and entry.is_dir():
+            kept = {f for n in registry.term_names() for f in registry.term_class(n).kept_folders}
+            for entry in out.iterdir():  # all but the terms' own caches (DreamBooth's class images check a manifest)
+                if entry.name in kept and entry.is_dir():
                     continue
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +230,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     freeze(*model.frozen_components())
     memory.reset_peak()  # the profile's peak is measured above the loaded model
     model_mb = memory.current_mb()
+    cfg = with_resolution(cfg, model, accelerator)   # OUT/config.yaml keeps what was asked (prepare_folder's cfg)
+    d = cfg.data
     buckets = training_buckets(cfg, model)  # checked before anything is written
     check_model_options(cfg, model)
     if prepare_folder is not None:
@@ -271,43 +268,40 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     prepared = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
     method.set_wrapped(dict(zip(modules, prepared[:len(modules)])))
     optimizer, lr_scheduler = prepared[len(modules):]
-    objective = copy.copy(model.objective)  # --noise-offset is this run's, not the (possibly shared) model's
-    objective.noise_offset = float(o.noise_offset)
-    if getattr(objective, "name", "") == "flow":
-        objective.weighting_scheme, objective.logit_mean, objective.logit_std, objective.mode_scale = \
-            o.weighting_scheme, o.logit_mean, o.logit_std, o.mode_scale
-    method.objective = objective   # the loss terms' per-row weights
-    sampler = StreamSampler(cache, batch_size=o.batch_size, pool_size=cfg.preservation.preserve_pool_size,
-                            objective=objective, seed=run.seed, caption_dropout=d.caption_dropout,
-                            preserve_fraction=cfg.preservation.cat_fraction, balance=d.concept_balance,
-                            num_processes=accelerator.num_processes,
-                            process_index=accelerator.process_index)
+    objective = model.objective.configured(o)   # this run's copy (--noise-offset, --weighting-scheme), not the
+    method.objective = objective                 # (possibly shared) model's; the loss terms' per-row weights
+    stream = {k: v for t in term_classes(cfg) for k, v in t.stream_options(cfg).items()}   # what the terms read
+    sampler = StreamSampler(cache, batch_size=o.batch_size, objective=objective, seed=run.seed,
+                            caption_dropout=d.caption_dropout, balance=d.concept_balance,
+                            num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                            **stream)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
 
 
+def with_resolution(cfg: TrainConfig, model, accelerator=None) -> TrainConfig:
+    """``cfg`` with ``--resolution`` set: as given, else the model's own size (printed either way)."""
+    d = cfg.data
+    given = d.resolution is not None
+    if not given:
+        d = replace(d, resolution=int(model.default_resolution))
+        cfg = replace(cfg, data=d)
+    if accelerator is not None:
+        accelerator.print(f"resolution {d.resolution} ({'--resolution' if given else 'the model' + chr(39) + 's own size'}"
+                          f"{', buckets of that area' if d.buckets else ''})")
+    return cfg
+
+
 def check_model_options(cfg: TrainConfig, model) -> None:
-    """Options the loaded model's family cannot serve: one-line errors before anything is written; then the
-    family's own options (Flux: --guidance, --max-sequence-length) are set on the model."""
-    parts, fam, m, o = registry.get_spec(cfg.method.method).parts, model.family, cfg.model, cfg.optim
-    if "lora" in parts and cfg.lora.train_text_encoder and not model.supports_text_encoder_lora:
-        raise CatAdapterError(f"--train-text-encoder is not built for the {fam} family yet; train the "
-                              "denoiser's LoRA alone")
-    if "lora" in parts and cfg.run.export_format == "kohya" and not model.supports_kohya_export:
-        raise CatAdapterError(f"--export-format kohya is not built for the {fam} family; the diffusers file "
-                              "loads in diffusers and ComfyUI")
-    if "tokens" in parts and not model.supports_tokens:
-        raise CatAdapterError(f"--method {cfg.method.method} is not built for the {fam} family (Textual Inversion "
-                              "needs a CLIP prompt encoder); use lora or cat")
-    flow = getattr(model.objective, "name", "") == "flow"
-    if o.weighting_scheme != "none" and not flow:
-        raise CatAdapterError(f"--weighting-scheme {o.weighting_scheme} is for flow-matching models (Flux); this "
-                              f"{fam} model trains with DDPM noise (see --snr-gamma)")
-    if o.snr_gamma is not None and flow:
-        raise CatAdapterError("--snr-gamma is for DDPM models; flow-matching models weight with --weighting-scheme")
-    model.configure(guidance=m.guidance, max_sequence_length=m.max_sequence_length)
+    """Options the loaded model cannot serve: one-line errors before anything is written (each part asks the
+    family what it supports; the objective checks its options); then the family's own options (Flux: --guidance,
+    --max-sequence-length) are set on the model."""
+    for name in registry.get_spec(cfg.method.method).parts:
+        registry.part_class(name).check_model(cfg, model)
+    model.objective.check_options(cfg.optim, family=model.family)
+    model.configure(guidance=cfg.model.guidance, max_sequence_length=cfg.model.max_sequence_length)
 
 
 def training_buckets(cfg: TrainConfig, model) -> list[tuple[int, int]] | None:
@@ -320,6 +314,7 @@ def training_buckets(cfg: TrainConfig, model) -> list[tuple[int, int]] | None:
     if step % multiple:
         raise CatAdapterError(f"--bucket-step {step}: must be a multiple of {multiple} for this model (its VAE factor "
                               "times its U-Net's downsampling)")
+    check_bucket_sides(d)
     lo, hi = bucket_sides(d)
     if hi < step:
         raise CatAdapterError(f"--bucket-max-side {hi}: below --bucket-step {step}; no bucket fits")
@@ -452,13 +447,12 @@ def run_loop(s: Session, *, progress: bool) -> None:
 
     run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
     main = s.accelerator.is_main_process
-    preservation = [t for t in s.method.terms if t.name == "preservation"]
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
     with (out / "log.jsonl").open("a") if main else _Null() as log_file:
         for step in bar:
             t0 = time.perf_counter()
-            alpha = {"cat_alpha": t.alpha for t in preservation}   # the alpha this step trains with
+            before = s.method.term_logs()   # what this step trains with (CAT's alpha)
             s.method.step = step
             terms = train_step(s)
             done = step + 1
@@ -466,7 +460,7 @@ def run_loop(s: Session, *, progress: bool) -> None:
                 raise CatAdapterError(
                     f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
                     f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
-            record = {"step": done, **terms, **extra_logs(s.method), **alpha,
+            record = {"step": done, **terms, **s.method.part_logs(), **before,
                       "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
             log_file.write(json.dumps(record) + "\n")
             if s.tracking:
@@ -484,11 +478,6 @@ def run_loop(s: Session, *, progress: bool) -> None:
                 validate(s, out / f"step-{done}" / "validation.png", done)
             elif run.validation_every and done % run.validation_every == 0:
                 validate(s, out / "validation" / f"step-{done:06d}.png", done)
-
-
-def extra_logs(method: Method) -> dict[str, float]:
-    """Per-part figures worth a log column (how far TI's rows moved from their initializer)."""
-    return {f"{p.kind}_drift": p.drift() for p in method.parts if hasattr(p, "drift")}
 
 
 class _Null:
@@ -540,4 +529,4 @@ def finish(s: Session, t0: float) -> None:
         "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
         "generation_seconds": round(s.generation_s, 2), "files": files, "adapter": "adapter.json",
         "ema_adapter": "ema/adapter.json" if s.ema is not None else None, "cache": s.cache_stats,
-        "steps": s.cfg.optim.steps})
+        "steps": s.cfg.optim.steps, "resolution": s.cfg.data.resolution})

@@ -61,15 +61,20 @@ class PreservationOptions:
         check(self.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
         check(self.preserve_pool_nouns is None or self.preserve_pool == "auto", "--preserve-pool-nouns",
               "is read with --preserve-pool auto only")
-        from cat_adapter.methods import registry
+        from cat_adapter.methods.registry import active_terms, get_spec
 
-        active = "preservation" in registry.active_terms(registry.get_spec(cfg.method.method), cfg)
+        active = "preservation" in active_terms(get_spec(cfg.method.method), cfg)
         changed = {f.name for f in fields(self) if getattr(self, f.name) != f.default}
         for name in ("cat_every", "cat_fraction"):
             check(name not in changed or active, "--" + name.replace("_", "-"),
                   "is read by the preservation term only (--method cat, or --cat-alpha > 0)")
         for name in ("cat_alpha_init", "cat_alpha_lr"):
             check(name not in changed or self.auto, "--" + name.replace("_", "-"), "is read with --cat-alpha auto only")
+        d = cfg.data
+        check(not (d.caption_dropout > 0 and active and d.preserve_prompt == "empty"), "--caption-dropout",
+              "cannot be combined with --preserve-prompt empty under CAT: a dropped row's identity term would pull the "
+              "empty prompt toward the concept while the preservation term holds it at the base model; use "
+              "--preserve-prompt remove or class")
         if self.preserve_pool and not active:
             import logging
 

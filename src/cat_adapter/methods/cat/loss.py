@@ -6,7 +6,7 @@ import torch
 
 from cat_adapter.diffusion import mse
 from cat_adapter.methods.cat.constrained import DualAlpha, plot_alpha
-from cat_adapter.methods.terms import Term
+from cat_adapter.methods.terms import Rows, Term
 from cat_adapter.models.base import Cond
 
 
@@ -43,11 +43,11 @@ def load_pool(cfg) -> list[str] | None:
     sources: list[tuple[str, str, str]] = []
     if p.preserve_pool == "auto":
         from cat_adapter.data.auto_pool import auto_pool
-        from cat_adapter.toy.assets import is_toy_model
+        from cat_adapter.plugins import world_for
 
         nouns = load_prompt_file(p.preserve_pool_nouns, "--preserve-pool-nouns") if p.preserve_pool_nouns else None
         sources += [(x, f"--preserve-pool auto: prompt {x!r}", "remove that noun from --preserve-pool-nouns")
-                    for x in auto_pool(specs, toy=is_toy_model(cfg.model.model), nouns=nouns)]
+                    for x in auto_pool(specs, world=world_for(cfg.model.model), nouns=nouns)]
     files = ([] if p.preserve_pool == "auto" else [(p.preserve_pool, "--preserve-pool")]) + \
         [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
     for path, option in files:
@@ -70,10 +70,21 @@ class PreservationTerm(Term):
     """
 
     name, group = "preservation", "preservation"
+    needs_base = True
 
     @classmethod
     def check_inputs(cls, cfg) -> dict:
         return {"pool_prompts": load_pool(cfg)}
+
+    @classmethod
+    def stream_options(cls, cfg) -> dict:
+        """Pool prompts drawn per step (--preserve-pool-size) and the share of rows the term reads (--cat-fraction)."""
+        p = cfg.preservation
+        return {"pool_size": p.preserve_pool_size, "preserve_fraction": p.cat_fraction}
+
+    def log_values(self) -> dict[str, float]:
+        """The alpha this step trains with (constrained CAT moves it)."""
+        return {"cat_alpha": self.alpha}
 
     def __init__(self, cfg):
         p = cfg.preservation
@@ -110,8 +121,6 @@ class PreservationTerm(Term):
             plot_alpha(out / "log.jsonl", self.dual.target, out / "alpha.png")
 
     def rows(self, s):
-        from cat_adapter.methods.terms import Rows
-
         b = s.batch
         pool = "pool" in b.prompts
         keep = b.preserve_rows   # --cat-fraction: this rank's rows the stream picked; None: all

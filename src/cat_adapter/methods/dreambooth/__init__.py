@@ -5,7 +5,8 @@ from cat_adapter.methods.registry import MethodSpec, register_method, register_p
 
 register_section("prior", PriorOptions)
 register_part("full", "cat_adapter.methods.dreambooth.part:FullPart")
-register_term("prior", "cat_adapter.methods.dreambooth.loss:PriorTerm")
+register_term("prior", "cat_adapter.methods.dreambooth.loss:PriorTerm", order=10,
+              enabled=lambda cfg: cfg.prior.prior_preservation)
 # Defaults of diffusers' examples/dreambooth (train_dreambooth.py and its README): lr 5e-6, batch 1,
 # 400 steps, 100 class images, prior weight 1.0, AdamW weight decay 1e-2, constant schedule.
 register_method(MethodSpec(

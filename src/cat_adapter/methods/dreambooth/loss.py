@@ -19,6 +19,7 @@ class PriorTerm(Term):
     """lambda * prior loss (``--prior-loss-weight``), on the class-image stream of the batch."""
 
     name, group = "prior", "data"
+    kept_folders = ("class_images",)   # OUT/class_images, the default class-image cache: it checks its own manifest
 
     @classmethod
     def check_inputs(cls, cfg) -> dict:

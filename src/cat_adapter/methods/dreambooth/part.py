@@ -16,6 +16,10 @@ class FullPart:
 
     kind = "full"
 
+    @classmethod
+    def check_model(cls, cfg, model) -> None:
+        """Every family trains its denoiser in full."""
+
     def __init__(self, model, cfg, *, need_base_copy: bool = False, **_):
         self.model = model
         denoiser = model.denoiser

@@ -7,5 +7,5 @@ register_section("lora", LoraOptions)
 register_part("lora", "cat_adapter.methods.lora.part:LoraPart")
 register_method(MethodSpec(
     "lora", parts=("lora",), terms=("identity",), sections=("lora", "preservation", "prior"),
-    optional_terms=("prior", "preservation"),
+    optional_terms=("prior", "preservation"), multi_concept=True,
     description="LoRA on the denoiser, identity loss on the trigger captions (+ --prior-preservation: DreamBooth-LoRA)."))

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import torch
 
+from cat_adapter.adapters import layers_disabled, tuner_layers
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods.base import Exported, check_state_keys
 
@@ -16,30 +17,6 @@ ADAPTER_NAME = "default"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
 ADAPTER_PARAM = re.compile(r"\.(lora_|lokr_)")   # the trained tensors' names (LoRA, DoRA, LoKr)
 TE_PREFIX = "text_encoder."   # the text encoder's LoRA keys in the method's state (checkpoints)
-
-
-def tuner_layers(module) -> list:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
-
-
-@contextmanager
-def layers_disabled(layers: list) -> Iterator[None]:
-    """Switch LoRA layers off by their flag alone.
-
-    Not diffusers' ``disable_adapters()``: peft's toggle sets ``requires_grad`` (off, then back on for
-    every LoRA weight, including weights frozen on purpose) and walks every module (16 ms per
-    toggle pair on the benchmark U-Net, 11% of a LoRA step); the flag flip changes nothing else.
-    """
-    previous = [m._disable_adapters for m in layers]
-    for m in layers:
-        m._disable_adapters = True
-    try:
-        yield
-    finally:
-        for m, p in zip(layers, previous):
-            m._disable_adapters = p
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
@@ -55,6 +32,16 @@ class LoraPart:
     """LoRA (B = 0 at the start, so the output starts exactly at the base's), trained in float32."""
 
     kind = "lora"
+
+    @classmethod
+    def check_model(cls, cfg, model) -> None:
+        """Options the loaded model's family cannot serve: one line, before anything is written."""
+        if cfg.lora.train_text_encoder and not model.supports("text_encoder_lora"):
+            raise CatAdapterError(f"--train-text-encoder is not built for the {model.family} family yet; train the "
+                                  "denoiser's LoRA alone")
+        if cfg.run.export_format == "kohya" and not model.supports("kohya_export"):
+            raise CatAdapterError(f"--export-format kohya is not built for the {model.family} family; the diffusers "
+                                  "file loads in diffusers and ComfyUI")
 
     def __init__(self, model, cfg, **_):
         o = cfg.lora
@@ -92,7 +79,7 @@ class LoraPart:
 
     def _add_text_encoder_lora(self, o) -> None:
         """The same LoRA settings on the text encoder's attention projections (float32, trained)."""
-        if not self.model.supports_text_encoder_lora:
+        if not self.model.supports("text_encoder_lora"):
             raise CatAdapterError(f"--train-text-encoder is not built for the {self.model.family} family yet; "
                                   "train the denoiser's LoRA alone")
         encoder = self.model.text.encoder

@@ -12,6 +12,7 @@ register_section("tco", TCOOptions)
 # LoRA rank 4 on q/k/v/out plus one trigger token, 500 steps at lr 3e-5, batch 1.
 register_method(MethodSpec(
     "tco", parts=("lora", "tokens"), terms=("identity",), sections=("tco", "lora", "tokens"),
-    defaults={"lr": 3e-5, "steps": 500}, runner="cat_adapter.methods.tco.run:train_tco", needs_data=False,
+    defaults={"lr": 3e-5, "steps": 500}, runner="cat_adapter.runners.tco:train_tco", needs_data=False,
+    prompt_option="tco_prompt", identity_reference="cat_adapter.runners.tco:first_cluster",
     description="The Chosen One: LoRA + trigger tokens trained on the most cohesive cluster of the model's own "
                 "images for --tco-prompt, iterated until they converge (no --data)."))

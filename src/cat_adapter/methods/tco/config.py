@@ -1,8 +1,9 @@
 """Options of The Chosen One's outer loop (generation, embedding, clustering, stopping).
 
 Defaults: the paper's and its public implementation's values on real models (N 128, cluster size 20, more than
-10 members, 5 iterations, convergence 0.8 as in the paper; the implementation uses 0.6); smaller values on the
-shapes world (``--model toy``), where 128 images and clusters of 20 would cost more than the rest of a run.
+10 members, 5 iterations, convergence 0.8 as in the paper; the implementation uses 0.6); a model's world may tune
+them (``plugins.World.defaults``: smaller values on the shapes world, ``--model toy``, where 128 images and clusters
+of 20 would cost more than the rest of a run).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from cat_adapter.options import check, opt
 
 REAL = {"tco_images": 128, "tco_cluster_size": 20, "tco_min_cluster": 10, "tco_max_iterations": 5,
         "tco_embedder": "facebook/dinov2-large", "tco_sample_steps": 35, "tco_guidance_scale": 7.5}
-TOY = {"tco_images": 32, "tco_cluster_size": 8, "tco_min_cluster": 3, "tco_max_iterations": 3,
-       "tco_embedder": "toy", "tco_sample_steps": 20, "tco_guidance_scale": 4.0}
 
 
 @dataclass
@@ -35,9 +34,10 @@ class TCOOptions:
     tco_guidance_scale: float | None = opt(None, "Guidance scale of the generated images (default 7.5; toy 4).")
 
     def validate(self, cfg) -> None:
-        from cat_adapter.plugins import is_alias
+        from cat_adapter.plugins import world_for
 
-        defaults = TOY if is_alias(cfg.model.model, "pipeline") else REAL
+        world = world_for(cfg.model.model)
+        defaults = {**REAL, **({k: v for k, v in world.defaults("tco").items() if k in REAL} if world else {})}
         for name, value in defaults.items():  # resolved here, so the saved config holds the values used
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -20,6 +20,14 @@ class TokensPart:
 
     kind = "tokens"
 
+    @classmethod
+    def check_model(cls, cfg, model) -> None:
+        if not model.supports("tokens"):
+            from cat_adapter.errors import CatAdapterError
+
+            raise CatAdapterError(f"--method {cfg.method.method} is not built for the {model.family} family (Textual "
+                                  "Inversion needs a CLIP prompt encoder); use lora or cat")
+
     def __init__(self, model, cfg, **_):
         o, d = cfg.tokens, cfg.data
         self.model = model
@@ -56,6 +64,9 @@ class TokensPart:
 
     def after_step(self) -> None:
         pass
+
+    def log_values(self) -> dict[str, float]:
+        return {"tokens_drift": self.drift()}
 
     def drift(self) -> float:
         """How far the rows moved from their initializer (L2 norm per vector, mean): logged for TI."""

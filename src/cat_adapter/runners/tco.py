@@ -37,6 +37,11 @@ GRID_IMAGES = 12
 GENERATION_BATCH = 8
 
 
+def first_cluster(train_dir: Path) -> Path:
+    """The images identity is measured against: the cluster the first iteration chose (compare's reference)."""
+    return Path(train_dir) / "iterations" / "00" / "concept"
+
+
 def image_seed(seed: int, iteration: int, index: int) -> int:
     """A distinct sampling seed per (run seed, iteration, image)."""
     return int(np.random.SeedSequence([seed, iteration, index]).generate_state(1)[0] % (2**31 - 1))
@@ -191,7 +196,8 @@ def _generate(cfg, i: int, folder: Path, prompt: str, previous: Path | None, dev
     adapter = load_adapter(previous).apply(model) if previous is not None else None
     seeds = [image_seed(cfg.run.seed, i, j) for j in range(t.tco_images)]
     images = generate(model, [prompt] * len(seeds), seeds, steps=t.tco_sample_steps,
-                      guidance_scale=t.tco_guidance_scale, height=cfg.data.resolution, width=cfg.data.resolution,
+                      guidance_scale=t.tco_guidance_scale, height=cfg.data.resolution or model.default_resolution,
+                      width=cfg.data.resolution or model.default_resolution,
                       lora_scale=adapter.lora_scale if adapter else None, batch_size=GENERATION_BATCH)
     with atomic_dir(folder) as tmp:
         for name, img in zip(names, images):
