@@ -43,7 +43,9 @@ def main() -> None:
     from cat_adapter.toy.concept import concept_look, validate_spec, write_concept
     from cat_adapter.evaluation.concept_rates import add_concept_rates
     from cat_adapter.toy.demo import DEFAULT_SPEC
-    from cat_adapter.toy.plugin import BASELINES, ShapesWorld, heldout_prompts
+    from cat_adapter.toy.concept import heldout_prompts
+    from cat_adapter.toy.plugin import ShapesWorld
+    from cat_adapter.toy.tuned import BASELINES
     from cat_adapter.runners import train
 
     work = Path(a.work)

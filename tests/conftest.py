@@ -13,6 +13,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def pytest_configure(config):
+    """Library progress bars off for every test, as the CLI turns them off: a test that trains through the library
+    and then checks the CLI's one-line error on stderr must not see loading bars, whatever ran before it."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight SD pipeline folder: U-Net (32, 64), latents 4x8x8, images 16x16."""

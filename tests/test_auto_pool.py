@@ -33,7 +33,7 @@ def test_other_classes_with_one_attribute_and_nothing_else():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_toy_control_prompts_are_held_out_from_the_auto_pool(shape):
     from cat_adapter.toy.concept import concept_look, validate_spec
-    from cat_adapter.toy.plugin import control_prompts
+    from cat_adapter.toy.concept import control_prompts
 
     s = validate_spec({"class_noun": shape, "trigger": "sks"})
     controls = control_prompts(s, concept_look(s))

@@ -133,6 +133,7 @@ def test_class_images_are_paired_by_bucket(tiny_model, mixed_dir, tmp_path, capl
         assert b.prior.latents.shape == b.instance.latents.shape
 
 
+@pytest.mark.slow
 def test_training_with_buckets_writes_buckets_json_and_resumes_exactly(tiny_model, mixed_dir, tmp_path):
     kw = train_overrides(tiny_model, mixed_dir, tmp_path / "killed", steps=6, checkpoint_every=2, cpu=True,
                          method="cat", buckets=True, batch_size=2, random_flip=True)

@@ -59,6 +59,7 @@ def test_drop_pattern_comes_from_the_seeded_stream(parts):
     assert pattern(_sampler(model, items, 0.3)) != pattern(_sampler(model, items, 0.3, seed=1))
 
 
+@pytest.mark.slow
 def test_resume_with_caption_dropout_equals_uninterrupted_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=6, checkpoint_every=2, cpu=True,
                          caption_dropout=0.5, batch_size=2)

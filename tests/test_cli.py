@@ -78,6 +78,7 @@ def test_bad_input_is_one_line_and_writes_no_weights(tmp_path, tiny_model, conce
         assert not (tmp_path / "out").exists(), name
 
 
+@pytest.mark.slow
 def test_cli_runs_in_a_fresh_process(tmp_path, tiny_model, concept_dir):
     """The console script as a user runs it: train, then sample with the adapter and a LoRA scale."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

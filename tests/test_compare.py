@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from cat_adapter.cli.main import main
 
+pytestmark = pytest.mark.slow   # several processes / the compare harness / a benchmark: the full suite only
+
 
 @pytest.fixture(scope="module")
 def world(tiny_model, tmp_path_factory):

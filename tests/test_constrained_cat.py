@@ -65,6 +65,7 @@ def yaml_alpha(out):
     return yaml.safe_load((out / "config.yaml").read_text())["preservation"]["cat_alpha"]
 
 
+@pytest.mark.slow
 def test_constrained_resume_after_sigkill_equals_the_straight_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", method="cat", cat_alpha="auto",
                          preservation_target=1e-6, cat_alpha_lr=0.02, steps=6, checkpoint_every=2, cpu=True)

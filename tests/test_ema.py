@@ -36,6 +36,7 @@ def test_ema_follows_the_formula_and_is_a_complete_adapter(tiny_model, concept_d
     assert json.loads((out / "done.json").read_text())["ema_adapter"] == "ema/adapter.json"
 
 
+@pytest.mark.slow
 def test_resume_with_ema_equals_uninterrupted_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=6, checkpoint_every=2, cpu=True,
                          ema_decay=0.5)

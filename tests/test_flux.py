@@ -130,12 +130,14 @@ def test_saved_lora_loads_in_plain_diffusers_with_the_trained_outputs(flux, tmp_
     torch.testing.assert_close(transformer_out(fresh), trained, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(flux, concept_dir, tmp_path):
     kw = train_overrides(flux, concept_dir, tmp_path / "killed", method="cat", steps=6, checkpoint_every=2,
                          weighting_scheme="cosmap", random_flip=True, cpu=True)
     check_killed_run_resumes_to_the_straight_run(kw, tmp_path)
 
 
+@pytest.mark.slow
 def test_sample_evaluate_and_compare_run_on_flux(flux, concept_dir, tmp_path):
     out = train(build_config(overrides=train_overrides(flux, concept_dir, tmp_path / "cat", method="cat", steps=2,
                                                        lr=1e-2)),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow   # several processes / the compare harness / a benchmark: the full suite only
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_scale.py"
 

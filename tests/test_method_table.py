@@ -132,6 +132,7 @@ def _weights(out):
     return {f"{f.name}:{k}": v for f in files for k, v in load_file(str(f)).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(METHODS))
 def test_resume_after_sigkill_equals_the_straight_run(tiny_model, concept_dir, tmp_path, case):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=5, checkpoint_every=2, random_flip=True,

@@ -238,6 +238,7 @@ evaluation: {clip: toy, images_per_prompt: 1, sample_steps: 2, guidance_scale: 2
 """
 
 
+@pytest.mark.slow
 def test_a_compare_group_trains_one_adapter_beside_the_single_concepts(tmp_path, monkeypatch):
     from cat_adapter.compare.plan import jobs, load_plan
 

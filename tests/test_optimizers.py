@@ -15,6 +15,7 @@ from cat_adapter.runners import train
 LORA = "pytorch_lora_weights.safetensors"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, marker", [("prodigy", "d_max"), ("adafactor", "exp_avg_sq_row")])
 def test_resume_with_optimizer_equals_uninterrupted_run(tiny_model, concept_dir, tmp_path, name, marker):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=6, checkpoint_every=2, cpu=True,

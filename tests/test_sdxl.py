@@ -162,12 +162,14 @@ def test_dreambooth_and_ti_train_and_reload_in_plain_diffusers(sdxl, concept_dir
     torch.testing.assert_close(ours.hidden, after.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(sdxl, concept_dir, tmp_path):
     kw = train_overrides(sdxl, concept_dir, tmp_path / "killed", method="cat", steps=6, checkpoint_every=2,
                          random_flip=True, cpu=True)
     check_killed_run_resumes_to_the_straight_run(kw, tmp_path)
 
 
+@pytest.mark.slow
 def test_sample_evaluate_and_compare_run_on_sdxl(sdxl, concept_dir, tmp_path):
     out = train(build_config(overrides=train_overrides(sdxl, concept_dir, tmp_path / "cat", method="cat", steps=2)),
                 progress=False)

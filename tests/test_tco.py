@@ -94,6 +94,7 @@ def test_tco_output_loads_in_plain_diffusers_with_the_trained_outputs(straight, 
     assert np.abs(plain - ours).max() <= 1.5 / 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [2, 5])  # in iteration 0's training; in iteration 1's training
 def test_tco_killed_and_resumed_equals_the_uninterrupted_run(straight, tiny_model, dino, tmp_path, kill_at):
     out = tmp_path / "killed"

@@ -81,6 +81,7 @@ def test_cat_frozen_pass_encodes_y_with_the_frozen_text_encoder(tiny_model, conc
     torch.testing.assert_close(graded_call[2:], adapted_y)
 
 
+@pytest.mark.slow
 def test_resume_with_text_encoder_lora_equals_uninterrupted_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=6, checkpoint_every=2, cpu=True,
                          method="cat", train_text_encoder=True, text_encoder_lr=5e-4)

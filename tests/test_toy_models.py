@@ -104,6 +104,7 @@ def test_build_redo_reruns_a_changed_stage_and_its_dependants(tmp_path):
         build(tmp_path / "new", recipe=recipe, redo=("tokenizer",), log=lambda m: None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["clip", "vae", "unet"])
 def test_build_prefix_gives_the_recorded_losses(tmp_path, stage):
     """Re-run the first steps of a stage from scratch (earlier stages taken from the shipped models).
@@ -131,6 +132,7 @@ def test_toy_info_prints_the_documented_keys():
     assert info["palette"]["orange"] == [250, 140, 0] and "heart" in info["shapes"]
 
 
+@pytest.mark.slow
 def test_demo_smoke_run_writes_the_table(tmp_path):
     import csv
 

@@ -82,6 +82,7 @@ def test_alpha_zero_cat_equals_lora_bit_for_bit(tiny_model, concept_dir, tmp_pat
 
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "killed", steps=8, checkpoint_every=3, lora_dropout=0.1,
                          random_flip=True, lr_scheduler="cosine", lr_warmup_steps=2, cpu=True)  # 1e-6 is a CPU bound

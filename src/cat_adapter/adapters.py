@@ -249,11 +249,11 @@ def _from_file(f: Path, allow_pickle: bool, option: str) -> Adapter:
 
 def saved_run_config(adapter: str | Path) -> dict | None:
     """The resolved training config saved beside an adapter (``config.yaml``), if any."""
-    import yaml
+    from cat_adapter.io import read_yaml
 
     p = Path(adapter)
     folder = p if p.is_dir() else p.parent
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
         if candidate.is_file():
-            return yaml.safe_load(candidate.read_text(encoding="utf-8"))
+            return read_yaml(candidate, f"--adapter {adapter}: {candidate.name}")
     return None

@@ -16,14 +16,20 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 import yaml
 
+from cat_adapter.data.prompts import PRESERVE_MODES
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods import registry
-from cat_adapter.options import REQUIRED, check, opt  # noqa: F401  (REQUIRED re-exported)
+from cat_adapter.options import add_field, check, coerce, flag, opt, path_fields
 from cat_adapter.training import optimizers
+
+CAPTION_TEMPLATE = "a photo of {trigger} {class_noun}"
+# --mixed-precision -> the frozen model's dtype; --save-dtype's choices (torch dtype names)
+MIXED_PRECISION = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 # --------------------------------------------------------------------------------------------
@@ -33,13 +39,13 @@ from cat_adapter.training import optimizers
 
 @dataclass
 class ModelConfig:
-    model: str = opt(help="Base model: a hub id (runwayml/stable-diffusion-v1-5), a local diffusers "
+    model: str = opt(path="in", help="Base model: a hub id (runwayml/stable-diffusion-v1-5), a local diffusers "
                      "StableDiffusionPipeline, StableDiffusionXLPipeline or FluxPipeline folder, a single-file "
                      ".safetensors checkpoint (SD or SDXL), or toy (the built-in shapes-world model).")
     revision: str | None = opt(None, "Hub revision (branch, tag or commit) of --model.")
     variant: str | None = opt(None, "Weight variant of --model to load, e.g. fp16.")
     single_file_config: str | None = opt(
-        None, "For a single-file --model: a diffusers folder or hub id holding the component configs "
+        None, path="in", help="For a single-file --model: a diffusers folder or hub id holding the component configs "
         "(needed offline).")
     allow_pickle: bool = opt(False, "Allow loading non-safetensors weight files (.bin/.ckpt), with "
                              "torch.load(weights_only=True). Off by default: pickles can run code.")
@@ -52,9 +58,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str | None = opt(help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt "
+    data: str | None = opt(path="in", help="Concept folder: images (png/jpg/jpeg/webp; 3-20 is typical) with optional same-name .txt "
                            "captions. Not read by --method tco, which trains on images it generates.")
-    concepts: str | None = opt(None, "Several concepts in one adapter: a YAML file with a 'concepts:' list of {name, "
+    concepts: str | None = opt(None, path="in", help="Several concepts in one adapter: a YAML file with a 'concepts:' list of {name, "
                                "data, trigger, class_noun[, caption_template, preserve_pool]} (data relative to the file). "
                                "Replaces --data/--trigger/--class-noun/--caption-template. --method lora and cat.")
     concept_balance: str = opt("uniform", "With several concepts: draw each concept equally often (uniform), or each "
@@ -63,7 +69,7 @@ class DataConfig:
     trigger: str = opt("sks", "Trigger word that names the concept in captions (y_T).")
     class_noun: str | None = opt(None, "Class of the concept, e.g. teapot. Needed by the caption template "
                                  "and by --preserve-prompt class.")
-    caption_template: str = opt("a photo of {trigger} {class_noun}",
+    caption_template: str = opt(CAPTION_TEMPLATE,
                                 "Caption for images without a .txt file; {trigger} and {class_noun} are filled in.")
     caption_missing_trigger: str = opt("error", "What to do with a caption that lacks the trigger: "
                                        "error, or prepend the trigger.", choices=("error", "prepend"))
@@ -87,7 +93,7 @@ class DataConfig:
     preserve_prompt: str = opt(
         "remove", "How the trigger-free prompt y of Eq. 3 is made from each caption y_T: remove the trigger "
         "(paper, Eq. 3), empty prompt (Fig. 2's 'unconditioned'), or class (trigger -> class noun).",
-        choices=("remove", "empty", "class"))
+        choices=PRESERVE_MODES)
 
 
 @dataclass
@@ -138,15 +144,14 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    output: str = opt(help="Output folder for weights, config, log, checkpoints and grids.")
+    output: str = opt(path="out", help="Output folder for weights, config, log, checkpoints and grids.")
     seed: int = opt(0, "Seed of everything random in the run (data order, flips, noise, timesteps, init).")
     mixed_precision: str = opt("no", "Mixed precision of the frozen model (LoRA weights stay float32).",
-                               choices=("no", "fp16", "bf16"))
+                               choices=tuple(MIXED_PRECISION))
     gradient_checkpointing: bool = opt(False, "Recompute U-Net activations in backward to save memory.")
     cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
     save_every: int = opt(0, "Also write a loadable LoRA snapshot OUT/step-N/ every N steps (0: off).")
-    save_dtype: str = opt("float32", "Precision of the saved LoRA weights.",
-                          choices=("float32", "float16", "bfloat16"))
+    save_dtype: str = opt("float32", "Precision of the saved LoRA weights.", choices=SAVE_DTYPES)
     export_format: str = opt("diffusers", "Also write OUT/pytorch_lora_weights_kohya.safetensors when kohya.",
                              choices=("diffusers", "kohya"))
     checkpoint_every: int = opt(0, "Write a resumable checkpoint every N steps (0: off).")
@@ -155,7 +160,7 @@ class RunConfig:
     overwrite: bool = opt(False, "Delete an existing --output folder and start afresh.")
     validation_prompt: str | None = opt(None, "Prompt with the trigger; a grid of base vs adapted images "
                                         "for it and its trigger-free form is written every --validation-every steps.")
-    cache_dir: str | None = opt(None, "Keep VAE latents and prompt embeddings in this folder between runs, keyed by "
+    cache_dir: str | None = opt(None, path="out", help="Keep VAE latents and prompt embeddings in this folder between runs, keyed by "
                                 "the base model's identity, each image's bytes, the resolution, flips, dtype and "
                                 "prompt (a stale entry is never used). compare gives its jobs DIR/cache unless the plan "
                                 "sets one.")
@@ -166,7 +171,9 @@ class RunConfig:
     validation_every: int = opt(100, "Steps between validation grids.")
     validation_images: int = opt(2, "Images (seeds 0..N-1) per validation prompt.")
     validation_steps: int = opt(25, "Sampling steps of validation images.")
-    validation_guidance_scale: float = opt(7.5, "Classifier-free guidance scale of validation images.")
+    validation_guidance_scale: float | None = opt(None, "Classifier-free guidance scale of validation images "
+                                                  "(default: the model's pipeline's own: 7.5 for SD, 5 for SDXL, 3.5 "
+                                                  "for Flux).")
 
 
 def _validate(self, given: set[str] | None = None) -> "TrainConfig":
@@ -286,10 +293,6 @@ def bucket_sides(d: "DataConfig") -> tuple[int, int]:
     return (d.bucket_min_side or d.resolution // 2, d.bucket_max_side or 2 * d.resolution)
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def field_index(cls: type = TrainConfig) -> dict[str, tuple[str, dataclasses.Field, Any]]:
     """Map every option name to (section name, field, resolved type). Names are unique across sections."""
     index: dict[str, tuple[str, dataclasses.Field, Any]] = {}
@@ -300,65 +303,6 @@ def field_index(cls: type = TrainConfig) -> dict[str, tuple[str, dataclasses.Fie
             assert f.name not in index, f"duplicate option {f.name}"
             index[f.name] = (sec.name, f, hints[f.name])
     return index
-
-
-# --------------------------------------------------------------------------------------------
-# Coercion of values from YAML or the command line into the field's type.
-# --------------------------------------------------------------------------------------------
-
-
-def coerce(name: str, value: Any, typ: Any, choices: tuple[str, ...] | None = None) -> Any:
-    """Convert ``value`` to ``typ``; raise a one-line error naming the option otherwise."""
-    where = flag(name)
-    args = get_args(typ)
-    if value is None and type(None) not in args:
-        raise CatAdapterError(f"{where}: a value is required (got null)")
-    if set(args) == {float, str}:  # a number or a word (--cat-alpha 1.0 | auto)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            if choices is not None and value.strip() in choices:
-                return value.strip()
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise CatAdapterError(f"{where}: a number or {' or '.join(choices or ())} (got {value!r})")
-    if type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        typ = next(a for a in args if a is not type(None))
-    try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-                return value.lower() in ("true", "yes", "1", "on")
-            raise ValueError
-        if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if typ is str:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            value = str(value)
-            if choices is not None and value not in choices:
-                raise CatAdapterError(f"{where} must be one of {', '.join(choices)} (got {value!r})")
-            return value
-        if get_origin(typ) is list:
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError
-            return list(value)
-    except (TypeError, ValueError):
-        raise CatAdapterError(f"{where}: cannot read {value!r} as {getattr(typ, '__name__', typ)}") from None
-    raise TypeError(f"unsupported option type {typ} for {name}")
 
 
 def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -443,31 +387,17 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per field, grouped by section; defaults are SUPPRESSed so only given flags are seen."""
+    """One flag per field, grouped by section; defaults are SUPPRESSed so only given flags are seen (a required
+    option may come from --config, so argparse does not require it)."""
     hints = get_type_hints(cls)
     for sec in dataclasses.fields(cls):
         sec_cls = hints[sec.name]
         group = parser.add_argument_group(sec.name)
         sec_hints = get_type_hints(sec_cls)
         for f in dataclasses.fields(sec_cls):
-            typ = sec_hints[f.name]
-            help_text = f.metadata.get("help", "")
             per_method = "".join(f"; {m}: {registry.get_spec(m).defaults[f.name]}" for m in registry.method_names()
                                  if f.name in registry.get_spec(m).defaults)
-            if f.metadata.get("required"):
-                help_text += " (required)"
-            elif f.default is not dataclasses.MISSING:
-                help_text += f" (default: {f.default}{per_method})"
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                default = f.default_factory()  # type: ignore[misc]
-                help_text += f" (default: {','.join(default) if isinstance(default, list) else default}{per_method})"
-            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                      "help": help_text.replace("%", "%%")}
-            if typ is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                kwargs["metavar"] = "{" + ",".join(f.metadata["choices"]) + "}" if f.metadata.get("choices") else f.name.upper()
-            group.add_argument(flag(f.name), **kwargs)
+            add_field(group, f, sec_hints[f.name], extra_default=per_method)
 
 
 def save_config(cfg: TrainConfig, path: str | Path, **extra: Any) -> None:
@@ -483,6 +413,53 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_e
                      "validation_prompt", "validation_every", "validation_images", "validation_steps",
                      "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output", "cache_dir",
                      "report_to"}
+
+
+def portable(cfg: TrainConfig) -> TrainConfig:
+    """A copy with its path options absolute (those marked ``path="in"`` where they exist, aliases and hub ids as they
+    are; those marked ``path="out"`` always) and the run switches (--resume/--overwrite) off: what OUT/config.yaml
+    holds, re-runnable from any folder."""
+    from pathlib import Path
+
+    from cat_adapter.plugins import is_alias
+
+    kinds = path_fields(type(cfg))
+
+    def absolute(name: str, value):
+        if not isinstance(value, str) or not value:
+            return value
+        if kinds[name] == "out":
+            return str(Path(value).expanduser().resolve())
+        if is_alias(value, "pipeline") or is_alias(value, "clip") or not Path(value).expanduser().exists():
+            return value
+        return str(Path(value).expanduser().resolve())
+
+    sections = {}
+    for sec in dataclasses.fields(cfg):
+        section = getattr(cfg, sec.name)
+        changes = {f.name: absolute(f.name, getattr(section, f.name)) for f in dataclasses.fields(section)
+                   if f.name in kinds}
+        if sec.name == "run":
+            changes.update(resume=False, overwrite=False)
+        sections[sec.name] = dataclasses.replace(section, **changes)
+    return dataclasses.replace(cfg, **sections)
+
+
+def check_same_run(cfg: TrainConfig, out) -> TrainConfig:
+    """The run saved in ``out`` (its config.yaml), refused with one line when ``cfg`` would train something else."""
+    from pathlib import Path
+
+    from cat_adapter.io import read_yaml
+
+    out = Path(out)
+    if not (out / "config.yaml").is_file():
+        raise CatAdapterError(f"--resume: {out} has no config.yaml, so it cannot be checked against these options; "
+                              "start it afresh with --overwrite")
+    saved = config_from_dict(read_yaml(out / "config.yaml", f"{out}/config.yaml") or {}, f"{out}/config.yaml")
+    diffs = resume_mismatch(saved, portable(cfg))
+    if diffs:
+        raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
+    return saved
 
 
 def resume_mismatch(saved: TrainConfig, current: TrainConfig) -> list[str]:

@@ -10,6 +10,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cat_adapter.io import atomic_path
+from cat_adapter.options import check, opt
+
+SAMPLE_STEPS = 30   # sampling steps of sample and evaluate when none are given
+MODEL_HELP = ("Base model: hub id, diffusers folder, single-file .safetensors, or toy (the built-in shapes world).")
 
 
 def seeded_latents(model, seeds: list[int], *, height: int, width: int) -> torch.Tensor:
@@ -19,16 +23,18 @@ def seeded_latents(model, seeds: list[int], *, height: int, width: int) -> torch
 
 
 @torch.no_grad()
-def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 30, guidance_scale: float = 7.5,
+def generate(model, prompts: list[str], seeds: list[int], *, steps: int = SAMPLE_STEPS, guidance_scale: float | None = None,
              height: int | None = None, width: int | None = None, lora_scale: float | None = None,
              negative_prompt: str | None = None, batch_size: int = 8) -> list[Image.Image]:
     """One image per (prompt, seed) pair, batched; the same seed gives the same initial noise.
 
     Each image also gets its own generator (seeded by its seed, after its initial noise), so stochastic
     samplers draw the same randomness for an image whatever its batch; the global RNG is not touched.
-    Prompts are rewritten for added tokens (``sks`` -> ``<sks>``) as the adapter recorded.
+    Prompts are rewritten for added tokens (``sks`` -> ``<sks>``) as the adapter recorded. ``guidance_scale``
+    None: the model's pipeline's own default.
     """
     assert len(prompts) == len(seeds)
+    guidance_scale = model.default_guidance if guidance_scale is None else guidance_scale
     pipe = model.pipe
     height = height or model.default_resolution
     width = width or model.default_resolution
@@ -103,32 +109,34 @@ def pick_device(cpu: bool = False) -> torch.device:
 @dataclass
 class SampleOptions:
     """What ``cat-adapter sample`` takes (the CLI's flags, one field each), checked by ``validate``."""
-    model: str
-    prompts: list[str]
-    output: str
-    adapter: str | None = None        # any adapter folder or file; None or "none": the base model
-    lora_scale: float = 1.0
-    seed: int = 0
-    num_images: int = 4
-    steps: int = 30
-    guidance_scale: float = 7.5
-    resolution: int | None = None
-    batch_size: int = 4
-    negative_prompt: str | None = None
-    single_file_config: str | None = None
-    allow_pickle: bool = False
-    cpu: bool = False
-    overwrite: bool = False
+    model: str = opt(path="in", help=MODEL_HELP)
+    prompts: list[str] = opt(flag="--prompt", append=True, help="Prompt; repeat for several.")
+    output: str = opt(path="out", help="Folder for the PNGs and grid.png.")
+    adapter: str | None = opt(None, path="in", aliases=("--lora",), help=(
+        "Adapter: a cat-adapter output folder (any method), a diffusers LoRA folder or .safetensors, a kohya LoRA file, "
+        "a learned_embeds.safetensors; none (or omitted) for the base model. --lora is an alias."))
+    lora_scale: float = opt(1.0, "Multiplier of the LoRA update.")
+    negative_prompt: str | None = opt(None, "Negative prompt.")
+    seed: int = opt(0, "Seed of the first image; image i uses seed + i.")
+    num_images: int = opt(4, "Images per prompt.")
+    steps: int = opt(SAMPLE_STEPS, "Sampling steps.")
+    guidance_scale: float | None = opt(None, "Classifier-free guidance scale (default: the model's pipeline's own: "
+                                       "7.5 for SD, 5 for SDXL, 3.5 for Flux).")
+    resolution: int | None = opt(None, "Image size (default: the model's own).")
+    batch_size: int = opt(4, "Images per forward batch.")
+    single_file_config: str | None = opt(None, "Config folder for a single-file --model (offline).", path="in")
+    allow_pickle: bool = opt(False, "Allow non-safetensors weights (weights_only=True).")
+    cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
+    overwrite: bool = opt(False, "Replace the images of a non-empty --output folder.")
 
     def validate(self) -> "SampleOptions":
-        from cat_adapter.options import check
-
         for name in ("num_images", "steps", "batch_size"):
             value = getattr(self, name)
             check(value >= 1, "--" + name.replace("_", "-"), f"must be >= 1 (got {value})")
         for name in ("lora_scale", "guidance_scale"):
             value = getattr(self, name)
-            check(math.isfinite(value), "--" + name.replace("_", "-"), f"must be a finite number (got {value})")
+            check(value is None or math.isfinite(value), "--" + name.replace("_", "-"),
+                  f"must be a finite number (got {value})")
         check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "--resolution",
               f"must be a positive multiple of 8 (got {self.resolution})")
         out = Path(self.output)

@@ -35,11 +35,27 @@ from cat_adapter.io import read_yaml
 PLAN_KEYS = ("concepts", "variants", "seeds", "shared", "evaluation", "reference")
 CONCEPT_KEYS = ("name", "data", "spec", "prompt", "group", "steps", "rank", "trigger", "class_noun", "caption_template", "preserve_pool",
                 "prompts", "control_prompts", "variants")
-EVAL_KEYS = ("clip", "prompts", "control_prompts", "images_per_prompt", "sample_steps", "guidance_scale", "resolution",
-             "batch_size", "seed", "drift_samples", "lora_scale", "clip_batch_size")
 # Set per job by the harness, never by a plan's variants or shared section.
 JOB_KEYS = ("data", "trigger", "class_noun", "output", "seed", "resume", "overwrite")
-PATH_OPTIONS = ("model", "preserve_pool", "class_data", "single_file_config", "tco_embedder")
+# Evaluation options compare sets per job (from the concept, the job and shared); the plan's evaluation section
+# takes every other option of ``evaluate`` (EvalOptions).
+EVAL_JOB_KEYS = ("model", "adapter", "data", "output", "concept", "label", "trigger", "class_noun", "preserve_prompt",
+                 "caption_template", "overwrite", "cpu", "allow_pickle", "single_file_config")
+
+
+def eval_keys() -> tuple[str, ...]:
+    import dataclasses
+
+    from cat_adapter.evaluation.evaluate import EvalOptions
+
+    return tuple(f.name for f in dataclasses.fields(EvalOptions) if f.name not in EVAL_JOB_KEYS)
+
+
+def path_options(cls: type) -> dict[str, str]:
+    """Option name -> path kind (``in``/``out``) of ``cls``'s fields: what a plan's relative paths are re-based for."""
+    from cat_adapter.options import path_fields
+
+    return path_fields(cls)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
@@ -123,14 +139,20 @@ def _path(root: Path, value: Any, source: str, key: str) -> Path:
     return p if p.is_absolute() else (root / p)
 
 
-def _resolve_option_path(root: Path, key: str, value: Any) -> Any:
-    """Relative paths of path options are relative to the plan file (aliases such as 'toy' and hub ids stay)."""
-    if key == "cache_dir" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
-        return str(root / value)  # a folder the jobs create: relative to the plan even before it exists
-    if key not in PATH_OPTIONS or not isinstance(value, str) or value == "concept":
+def _resolve_option_path(root: Path, key: str, value: Any, kinds: dict[str, str]) -> Any:
+    """Relative paths of path options (``kinds``: the fields' path marks) are relative to the plan file: a folder
+    the jobs write (``out``) always, a file or folder they read (``in``) where it exists there (aliases such as
+    'toy', hub ids and words such as 'auto' or 'concept' stay)."""
+    if key not in kinds or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
         return value
     candidate = root / value
-    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+    return str(candidate) if kinds[key] == "out" or candidate.exists() else value
+
+
+def _train_paths() -> dict[str, str]:
+    from cat_adapter.config import TrainConfig
+
+    return path_options(TrainConfig)
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -155,15 +177,18 @@ def plan_from_dict(raw: dict, *, source: str, root: Path) -> Plan:
     for k in shared:
         if k in JOB_KEYS:
             raise _err(source, f"shared.{k}", "is set per job by compare (concepts and seeds give it)")
-    shared = {k: _resolve_option_path(root, k, v) for k, v in shared.items()}
+    shared = {k: _resolve_option_path(root, k, v, _train_paths()) for k, v in shared.items()}
     evaluation = raw.get("evaluation") or {}
     if not isinstance(evaluation, dict):
         raise _err(source, "evaluation", "must be a mapping")
+    keys = eval_keys()
     for k, v in evaluation.items():
-        if k not in EVAL_KEYS:
-            raise _err(source, f"evaluation.{k}", f"unknown key (evaluation keys: {', '.join(EVAL_KEYS)})")
-    evaluation = {k: (str(_path(root, v, source, f"evaluation.{k}")) if k in ("prompts", "control_prompts") else v)
-                  for k, v in evaluation.items()}
+        if k not in keys:
+            raise _err(source, f"evaluation.{k}", f"unknown key (evaluation keys: {', '.join(keys)})")
+    from cat_adapter.evaluation.evaluate import EvalOptions
+
+    eval_paths = path_options(EvalOptions)
+    evaluation = {k: _resolve_option_path(root, k, v, eval_paths) for k, v in evaluation.items()}
     for k in ("prompts", "control_prompts"):
         if k in evaluation and not Path(evaluation[k]).is_file():
             raise _err(source, f"evaluation.{k}", f"{evaluation[k]}: file not found")
@@ -298,7 +323,7 @@ def _variants(raw: Any, source: str, root: Path) -> list[Variant]:
                 raise _err(source, f"{where}.{k}", "an empty list expands into no variant")
         combos = list(itertools.product(*(options[k] for k in sweep_keys))) if sweep_keys else [()]
         for combo in combos:
-            opts = {k: _resolve_option_path(root, k, val) for k, val in options.items()}
+            opts = {k: _resolve_option_path(root, k, val, _train_paths()) for k, val in options.items()}
             opts.update(dict(zip(sweep_keys, combo)))
             vname = name + "".join(f"-{k}={val}" for k, val in zip(sweep_keys, combo))
             sweep = ({"group": name, "key": sweep_keys[0], "value": combo[0]} if len(sweep_keys) == 1 else None)

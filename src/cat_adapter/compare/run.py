@@ -18,15 +18,31 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import cat_adapter
 from cat_adapter.compare.plan import Concept, Job, Plan, fingerprint, jobs, shard, train_options
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import write_json_atomic, write_text_atomic
 from cat_adapter.methods import registry
 
+from cat_adapter.options import opt
+
 log = logging.getLogger(__name__)
 MARKER = "plan.json"
 DONE = "done.json"
+
+
+@dataclass
+class CompareOptions:
+    """What ``cat-adapter compare`` takes."""
+    plan: str | None = opt(None, "Plan YAML (concepts, variants, seeds, shared, evaluation; docs/compare.md). Not "
+                           "needed with --report-only.", path="in")
+    output: str = opt(path="out", help="Folder of the jobs and the report.")
+    shard: str | None = opt(None, "I/N: run jobs I, I+N, I+2N, ... of the sorted job ids (1-based).")
+    report_only: bool = opt(False, "Only rebuild OUTPUT/report from the finished jobs.")
+    cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
+    progress: bool = opt(False, "Show training progress bars.")
 
 
 # ------------------------------------------------------------------------------------------ locks

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
 from cat_adapter.data.concept import ConceptItem, load_concept
 from cat_adapter.data.prompts import has_trigger, plain_prompt
 from cat_adapter.errors import CatAdapterError
@@ -44,14 +42,11 @@ class ConceptSpec:
 def read_concepts_file(path: str | Path, *, default_template: str, preserve_prompt: str = "remove"
                        ) -> list[ConceptSpec]:
     """Parse and check ``--concepts FILE``; a bad entry is a one-line error naming the file and the entry."""
+    from cat_adapter.io import read_yaml
+
     path = Path(path).expanduser()
     where = f"--concepts {path}"
-    if not path.is_file():
-        raise CatAdapterError(f"{where}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise CatAdapterError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, where)
     entries = raw.get("concepts") if isinstance(raw, dict) else None
     if not isinstance(entries, list) or not entries:
         raise CatAdapterError(f"{where}: needs a non-empty 'concepts:' list of {{name, data, trigger, class_noun}}")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cat_adapter
+from cat_adapter.config import CAPTION_TEMPLATE
 from cat_adapter.data.concept import load_concept, load_prompt_file
 from cat_adapter.data.prompts import PRESERVE_MODES, fill_template, has_trigger, plain_prompt, remove_trigger
 from cat_adapter.errors import CatAdapterError
@@ -21,43 +22,54 @@ from cat_adapter.evaluation.manifest import read_manifest, write_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON
 from cat_adapter.evaluation.score import check_output, score_rows
 from cat_adapter.io import atomic_dir
-from cat_adapter.options import check
+from cat_adapter.options import check, opt
+from cat_adapter.sampling import MODEL_HELP, SAMPLE_STEPS
 from cat_adapter.training import memory
 
-DEFAULT_TEMPLATE = "a photo of {trigger} {class_noun}"
+ADAPTER_HELP = ("Adapter: a cat-adapter output folder (any method), a diffusers LoRA folder or .safetensors, a kohya "
+                "LoRA file, a learned_embeds.safetensors; none for the base model. --lora is an alias.")
+CLIP_HELP = ("CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the shapes-world CLIP).")
 
 
 @dataclass
 class EvalOptions:
-    """What ``cat-adapter evaluate`` takes; None means "from the adapter's config.yaml, else the default"."""
-    model: str
-    adapter: str | None        # an adapter folder or file (ours or another tool's); None or "none" for the base model
-    data: str | None           # the concept folder; None: each concept's folder from the training run (several)
-    output: str
-    concept: str | None = None  # which concept of a multi-concept adapter; None: all of them
-    clip: str = DEFAULT_CLIP
-    trigger: str | None = None
-    class_noun: str | None = None
-    preserve_prompt: str | None = None
-    caption_template: str | None = None
-    prompts: str | None = None           # held-out {trigger} templates, one per line
-    control_prompts: str | None = None   # trigger-free prompts never trained on (Leakage)
-    label: str | None = None
-    images_per_prompt: int = 4
-    seed: int = 0
-    sample_steps: int = 30
-    guidance_scale: float = 7.5
-    batch_size: int = 8
-    lora_scale: float = 1.0
-    resolution: int | None = None
-    hm_epsilon: float = DEFAULT_EPSILON
-    clip_batch_size: int = 32
-    overwrite: bool = False
-    cpu: bool = False
-    allow_pickle: bool = False
-    single_file_config: str | None = None
-
-    drift_samples: int = 8               # z_t draws per trigger-free prompt for drift_plain (0: off)
+    """What ``cat-adapter evaluate`` takes; None means "from the adapter's adapter.json / config.yaml, else the
+    default"."""
+    model: str = opt(path="in", help=MODEL_HELP)
+    adapter: str | None = opt(path="in", aliases=("--lora",), help=ADAPTER_HELP)
+    data: str | None = opt(None, path="in", help="Concept folder (images with optional .txt captions). Required, "
+                           "except for a multi-concept adapter evaluated without --concept: then every concept is "
+                           "evaluated from the folders in the training run's concepts.yaml, with a confusion report.")
+    output: str = opt(path="out", help="Evaluation folder to write.")
+    concept: str | None = opt(None, "Evaluate this concept (by name) of a multi-concept adapter.")
+    clip: str = opt(DEFAULT_CLIP, CLIP_HELP, path="in")
+    trigger: str | None = opt(None, "Trigger word (default: from the adapter's config.yaml).")
+    class_noun: str | None = opt(None, "Class noun (default: from the adapter's config.yaml).")
+    preserve_prompt: str | None = opt(None, "How y is made from y_T (default: the adapter's config.yaml; remove for "
+                                      "--adapter none).", choices=PRESERVE_MODES)
+    caption_template: str | None = opt(None, "Caption of images without .txt (default: the adapter's).")
+    prompts: str | None = opt(None, "Held-out prompt templates with {trigger}, one per line (group heldout).",
+                              path="in")
+    control_prompts: str | None = opt(None, "Trigger-free prompts never trained on (other classes/attributes), one "
+                                      "per line: Leakage.", path="in")
+    label: str | None = opt(None, "Name of this run in reports (default: the adapter folder's name, or base).")
+    images_per_prompt: int = opt(4, "Seeds per prompt: seed, seed+1, ...")
+    seed: int = opt(0, "First seed.")
+    sample_steps: int = opt(SAMPLE_STEPS, "Sampling steps.")
+    guidance_scale: float | None = opt(None, "Classifier-free guidance scale (default: the model's pipeline's own: "
+                                       "7.5 for SD, 5 for SDXL, 3.5 for Flux).")
+    batch_size: int = opt(8, "Images per generation batch.")
+    lora_scale: float = opt(1.0, "Multiplier of the LoRA update.")
+    drift_samples: int = opt(8, "z_t draws per trigger-free prompt for drift_plain (mean squared change of the noise "
+                             "prediction against the base model); 0 skips it.")
+    resolution: int | None = opt(None, "Image size (default: the model's own).")
+    hm_epsilon: float = opt(DEFAULT_EPSILON, "Cosines <= this are clamped to it before the harmonic mean (and "
+                            "counted).")
+    clip_batch_size: int = opt(32, "Images or texts per CLIP batch.")
+    single_file_config: str | None = opt(None, "Config folder for a single-file --model (offline).", path="in")
+    allow_pickle: bool = opt(False, "Allow non-safetensors weights (weights_only=True).")
+    cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
+    overwrite: bool = opt(False, "Replace an existing evaluation folder.")
 
     @property
     def has_adapter(self) -> bool:
@@ -71,10 +83,11 @@ class EvalOptions:
         check(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0), "--resolution",
               f"must be a positive multiple of 8 (got {self.resolution})")
         check(0 < self.hm_epsilon < 1, "--hm-epsilon", f"must be in (0, 1) (got {self.hm_epsilon})")
-        for name, value in (("--lora-scale", self.lora_scale), ("--guidance-scale", self.guidance_scale)):
-            check(math.isfinite(value), name, f"must be a finite number (got {value})")
+        check(math.isfinite(self.lora_scale), "--lora-scale", f"must be a finite number (got {self.lora_scale})")
         check(self.preserve_prompt is None or self.preserve_prompt in PRESERVE_MODES, "--preserve-prompt",
               f"must be one of {', '.join(PRESERVE_MODES)}")
+        check(self.guidance_scale is None or math.isfinite(self.guidance_scale), "--guidance-scale",
+              f"must be a finite number (got {self.guidance_scale})")
         return self
 
 
@@ -99,7 +112,7 @@ def resolve_options(o: EvalOptions, adapter=None) -> dict:
             saved.update({k: v for k, v in pick_concept(adapter, o.concept).items() if v is not None})
     r = {"trigger": o.trigger or saved.get("trigger"), "class_noun": o.class_noun or saved.get("class_noun"),
          "preserve_prompt": o.preserve_prompt or (saved.get("preserve_prompt") if o.has_adapter else None) or "remove",
-         "caption_template": o.caption_template or saved.get("caption_template") or DEFAULT_TEMPLATE,
+         "caption_template": o.caption_template or saved.get("caption_template") or CAPTION_TEMPLATE,
          "caption_missing_trigger": saved.get("caption_missing_trigger") or "error"}
     if not r["trigger"]:
         raise CatAdapterError("--trigger is required (no adapter.json or config.yaml beside --adapter to read it from)")
@@ -190,14 +203,16 @@ def evaluate(o: EvalOptions) -> Path:
                                changes_trigger_free=changes)
         memory.reset_peak()  # inference cost per image (compare's resource profile), above the loaded models
         before, t0 = memory.current_mb(), time.perf_counter()
-        render_jobs(model, plan.jobs, tmp, adapter=adapter, steps=o.sample_steps, guidance_scale=o.guidance_scale,
+        guidance = model.default_guidance if o.guidance_scale is None else o.guidance_scale
+        render_jobs(model, plan.jobs, tmp, adapter=adapter, steps=o.sample_steps, guidance_scale=guidance,
                     height=o.resolution, width=o.resolution, batch_size=o.batch_size)
         seconds, peak = time.perf_counter() - t0, memory.peak_mb()
         meta["inference"] = {"images": len(plan.jobs), "seconds": round(seconds, 3),
                              "seconds_per_image": round(seconds / max(1, len(plan.jobs)), 4),
                              "peak_memory_above_model_mb": memory.rounded(None if peak is None or before is None
                                                                           else peak - before),
-                             "device": str(device), "batch_size": o.batch_size, "sample_steps": o.sample_steps}
+                             "device": str(device), "batch_size": o.batch_size, "sample_steps": o.sample_steps,
+                             "guidance_scale": guidance}
         copy_references(plan.copies, tmp)
         if adapter is not None and changes and o.drift_samples:
             plain = [p.plain for p in prompts] + list(controls)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.evaluation.metrics import mean_ci95
 from cat_adapter.evaluation.score import check_output
 from cat_adapter.io import atomic_dir, write_text_atomic
+from cat_adapter.options import opt
 
 BASE_COLUMNS = ("prompt_score", "identity_score", "kps", "base_fidelity", "class_diversity", "base_class_diversity")
 HELDOUT_COLUMNS = ("kps_heldout", "base_fidelity_heldout")
@@ -145,6 +147,14 @@ def plot_scores(path: Path, cols: list[str], rows: list[dict], pooled: bool) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@dataclass
+class ReportOptions:
+    """What ``cat-adapter report`` takes."""
+    evals: list[str] = opt(positional=True, path="in", help="Evaluation folders (each with metrics.json).")
+    output: str = opt(path="out", help="Folder for table.md, table.csv and scores.png.")
+    overwrite: bool = opt(False, "Replace an existing report folder.")
 
 
 def report(eval_dirs: list[str | Path], *, output: str | Path, overwrite: bool = False) -> Path:

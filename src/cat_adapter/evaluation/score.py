@@ -11,7 +11,7 @@ import csv
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from cat_adapter.evaluation.clip import DEFAULT_CLIP, ClipEmbedder, check_clip_s
 from cat_adapter.evaluation.manifest import ManifestRow, read_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON, PairValue, aggregate
 from cat_adapter.io import atomic_dir, check_output_folder, write_json_atomic, write_text_atomic
+from cat_adapter.options import opt
 from cat_adapter.sampling import make_grid, save_image
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,27 @@ def check_output(output: str | Path, *, overwrite: bool, option: str = "--output
     """An output folder that is new or empty, or (with --overwrite) one of the same ``kind`` this package wrote."""
     check_output_folder(output, markers=markers, kind=kind, overwrite=overwrite, option=option)
     return Path(output)
+
+
+@dataclass
+class ScoreOptions:
+    """What ``cat-adapter score`` takes."""
+    manifest: str = opt(path="in", help="CSV or JSONL (.jsonl) manifest.")
+    output: str = opt(path="out", help="Folder for metrics.json, pairs.csv and grid.png.")
+    clip: str = opt(DEFAULT_CLIP, "CLIP model: hub id, local folder (CLIPModel + its processor), or toy (the "
+                    "shapes-world CLIP).", path="in")
+    label: str | None = opt(None, "Name of this run in reports (default: the manifest folder's name).")
+    hm_epsilon: float = opt(DEFAULT_EPSILON, "Cosines <= this are clamped to it before the harmonic mean (and "
+                            "counted).")
+    clip_batch_size: int = opt(32, "Images or texts per CLIP batch.")
+    cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
+    overwrite: bool = opt(False, "Replace an existing evaluation folder.")
+
+
+def score_manifest(o: ScoreOptions) -> Path:
+    """``score`` with the command's options."""
+    kw = asdict(o)
+    return score(kw.pop("manifest"), epsilon=kw.pop("hm_epsilon"), **kw)
 
 
 def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP, label: str | None = None,

@@ -49,11 +49,10 @@ def image_seed(seed: int, iteration: int, index: int) -> int:
 
 def train_tco(cfg, *, progress: bool = True, accelerator=None) -> Path:
     """Run The Chosen One as ``cfg`` says; returns the output folder with the final adapter (lora + tokens)."""
-    from cat_adapter.config import save_config
+    from cat_adapter.config import check_same_run, portable, save_config
     from cat_adapter.evaluation.embedders import load_image_embedder
     from cat_adapter.sampling import pick_device
     from cat_adapter.shared import shared_objects
-    from cat_adapter.training.loop import portable
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CatAdapterError("--method tco runs on one process (its generation and clustering are sequential); "
@@ -63,7 +62,7 @@ def train_tco(cfg, *, progress: bool = True, accelerator=None) -> Path:
                                resume=run.resume)
     prompt, trigger_prompt = tco_prompts(t.tco_prompt, d.trigger, d.class_noun)
     if mode == "resume":
-        _check_resume(cfg, out)
+        check_same_run(cfg, out)
     elif mode == "overwrite":
         for entry in out.iterdir():
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -92,20 +91,6 @@ def train_tco(cfg, *, progress: bool = True, accelerator=None) -> Path:
             if rec["converged"]:
                 break
     return _finish(cfg, out, records, prompt=prompt, trigger_prompt=trigger_prompt)
-
-
-def _check_resume(cfg, out: Path) -> None:
-    import yaml
-
-    from cat_adapter.config import config_from_dict, resume_mismatch
-    from cat_adapter.training.loop import portable
-
-    if not (out / "config.yaml").is_file():
-        raise CatAdapterError(f"--resume: {out} has no config.yaml; start it afresh with --overwrite")
-    saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
-    diffs = resume_mismatch(saved, portable(cfg))
-    if diffs:
-        raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
 
 
 def _read_done(folder: Path) -> dict | None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.io import atomic_dir
-from cat_adapter.toy.world import BACKGROUNDS, COLORS, OUTLINES, PATTERNS, RESOLUTION, SHAPES, render, sample_scene
+from cat_adapter.toy.world import (BACKGROUNDS, COLORS, OUTLINES, PATTERN_WORDS, PATTERNS, RESOLUTION, SHAPES, render,
+                                   sample_scene)
 
 SPEC_KEYS = ("name", "class_noun", "trigger", "appearance", "num_images", "seed", "resolution")
 APPEARANCE = {"fill": COLORS, "pattern": PATTERNS, "pattern_color": COLORS, "outline": OUTLINES, "background": BACKGROUNDS}
@@ -101,3 +102,31 @@ def load_spec(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise CatAdapterError(f"--spec {path}: not valid JSON (line {exc.lineno})") from None
     return validate_spec(spec, f"--spec {path}")
+
+
+# ------------------------------------------------------------------------------------------ prompt sets
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def heldout_prompts(spec: dict) -> list[str]:
+    """Trigger prompts never used as captions (concept captions always name the background)."""
+    return [f"a {{trigger}} {spec['class_noun']}"]
+
+
+def control_prompts(spec: dict, look: dict) -> list[str]:
+    """Trigger-free prompts never trained on: the other classes, and the class with other attributes."""
+    noun = spec["class_noun"]
+    others = [s for s in SHAPES if s != noun]
+    colours = [c for c in ("blue", "green", "red", "purple", "yellow") if c not in (look["fill"], look["outline"])]
+    pattern = next(p for p in PATTERNS if p not in ("solid", look["pattern"]))
+    outline = next(c for c in ("green", "red", "blue") if c not in (look["outline"], look["fill"]))
+    return ([f"a {s}" for s in others]
+            + [f"{_article(colours[0])} {colours[0]} {noun}", f"{_article(colours[1])} {colours[1]} {noun}",
+               f"a {PATTERN_WORDS[pattern]} {noun}", f"a {noun} with a {outline} outline"])
+
+
+def pool_prompts(spec: dict) -> list[str]:
+    """A preservation pool of coloured prompts of the other classes (never a control prompt)."""
+    others = [s for s in SHAPES if s != spec["class_noun"]]
+    return [f"{_article(c)} {c} {s}" for i, s in enumerate(others) for c in (COLORS[(2 * i) % 8], COLORS[(2 * i + 5) % 8])]

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.toy.plugin import BASELINES, control_prompts, heldout_prompts, pool_prompts
+from cat_adapter.toy.concept import control_prompts, heldout_prompts, pool_prompts
+from cat_adapter.toy.tuned import BASELINES
 
 DEFAULT_SPEC = {"name": "sks_circle", "class_noun": "circle", "trigger": "sks",
                 "appearance": {"fill": "blue", "pattern": "stripes", "pattern_color": "yellow", "outline": "black"},

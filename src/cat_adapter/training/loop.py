@@ -20,8 +20,8 @@ import torch
 import yaml
 
 import cat_adapter
-from cat_adapter.config import (TrainConfig, bucket_sides, check_bucket_sides, config_from_dict, resume_mismatch,
-                               save_config)
+from cat_adapter.config import (MIXED_PRECISION, TrainConfig, bucket_sides, check_bucket_sides, check_same_run,
+                               portable, save_config)
 from cat_adapter.data.buckets import bucket_sizes
 from cat_adapter.data.cache import StreamSampler, bucket_record, build_cache
 from cat_adapter.data.concept import ConceptItem
@@ -39,8 +39,7 @@ from cat_adapter.training import memory, optimizers, trackers
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MIXED = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIXED = {k: getattr(torch, v) for k, v in MIXED_PRECISION.items()}   # --mixed-precision -> the frozen model's dtype
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
@@ -153,13 +152,7 @@ def term_classes(cfg: TrainConfig) -> list:
 
 
 def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
-    if not (out / "config.yaml").is_file():
-        raise CatAdapterError(f"--resume: {out} has no config.yaml, so it cannot be checked against these options; "
-                              "start it afresh with --overwrite")
-    saved = config_from_dict(yaml.safe_load((out / "config.yaml").read_text()), f"{out}/config.yaml")
-    diffs = resume_mismatch(saved, portable(cfg))
-    if diffs:
-        raise CatAdapterError(f"--resume: options differ from the run in {out}: {'; '.join(diffs)}")
+    saved = check_same_run(cfg, out)
     o = cfg.optim
     if checkpoints and saved.optim.steps != o.steps and o.lr_scheduler not in STEPS_FREE_SCHEDULES:
         raise CatAdapterError(f"--resume with --steps {o.steps} (the run had {saved.optim.steps}): --lr-scheduler "
@@ -197,22 +190,6 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[Conce
                                                                         sort_keys=False))
             write_text_atomic(out / "log.jsonl", "")
     accelerator.wait_for_everyone()
-
-
-def portable(cfg: TrainConfig) -> TrainConfig:
-    """A copy with local paths made absolute and the run switches (--resume/--overwrite) off."""
-    from cat_adapter.plugins import is_alias
-
-    def absolute(p: str | None) -> str | None:
-        return str(Path(p).resolve()) if p and Path(p).exists() else p
-
-    m, d, r, p, pr = cfg.model, cfg.data, cfg.run, cfg.preservation, cfg.prior
-    return replace(cfg, model=replace(m, model=m.model if is_alias(m.model, "pipeline") else absolute(m.model),
-                                      single_file_config=absolute(m.single_file_config)),
-                   data=replace(d, data=absolute(d.data), concepts=absolute(d.concepts)),
-                   preservation=replace(p, preserve_pool=absolute(p.preserve_pool)),
-                   prior=replace(pr, class_data=absolute(pr.class_data)),
-                   run=replace(r, resume=False, overwrite=False))
 
 
 def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator, *, prepare_folder=None,
@@ -473,7 +450,7 @@ def run_loop(s: Session, *, progress: bool) -> None:
             if done == steps or not main:
                 continue  # the final weights and grid are written by finish()
             if run.save_every and done % run.save_every == 0:
-                exported = s.method.export(out / f"step-{done}", dtype=DTYPES[run.save_dtype])
+                exported = s.method.export(out / f"step-{done}", dtype=getattr(torch, run.save_dtype))
                 write_adapter(s, out / f"step-{done}", exported)
                 validate(s, out / f"step-{done}" / "validation.png", done)
             elif run.validation_every and done % run.validation_every == 0:
@@ -505,14 +482,14 @@ def write_adapter(s: Session, folder: Path, exported: list) -> Path:
 def finish(s: Session, t0: float) -> None:
     """Final weights + adapter.json, the validation grid, then ``done.json`` (seconds, peak memory) last."""
     out, run = Path(s.cfg.run.output), s.cfg.run
-    exported = s.method.export(out, dtype=DTYPES[run.save_dtype], export_format=run.export_format)
+    exported = s.method.export(out, dtype=getattr(torch, run.save_dtype), export_format=run.export_format)
     write_adapter(s, out, exported)
     if s.ema is not None:  # the averaged weights as a second, complete adapter
         params = s.method.parameters()
         s.ema.store(params)
         s.ema.copy_to(params)
         try:
-            write_adapter(s, out / "ema", s.method.export(out / "ema", dtype=DTYPES[run.save_dtype],
+            write_adapter(s, out / "ema", s.method.export(out / "ema", dtype=getattr(torch, run.save_dtype),
                                                           export_format=run.export_format))
         finally:
             s.ema.restore(params)

@@ -30,10 +30,10 @@ class PreservationOptions:
     cat_mode: str = opt("lean", "CAT execution: lean backpropagates the identity term before the "
                         "preservation passes (memory near LoRA's); fast runs the adapted denoiser once on "
                         "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
-    preserve_pool: str | None = opt(None, "Text file of extra trigger-free prompts (one per line) that the "
+    preserve_pool: str | None = opt(None, path="in", help="Text file of extra trigger-free prompts (one per line) that the "
                                     "preservation term also covers (other classes, other attributes); auto: built "
                                     "from the caption template with other class nouns and attributes (README).")
-    preserve_pool_nouns: str | None = opt(None, "With --preserve-pool auto: a file of class nouns (one per line) to "
+    preserve_pool_nouns: str | None = opt(None, path="in", help="With --preserve-pool auto: a file of class nouns (one per line) to "
                                           "swap in, instead of the built-in list (the toy world: its shapes).")
     preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
                                   "terms are averaged with the caption's.")

@@ -51,11 +51,17 @@ def _images(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def class_guidance(cfg, model) -> float:
+    """--class-guidance-scale, else the model's pipeline's own default."""
+    g = cfg.prior.class_guidance_scale
+    return float(model.default_guidance if g is None else g)
+
+
 def wanted_manifest(cfg, model, resolution: int) -> dict:
     p = cfg.prior
     return {"model": {k: v for k, v in model.identity.items()}, "prompt": class_prompt(cfg),
             "seed_start": p.class_seed, "resolution": resolution, "sample_steps": p.class_sample_steps,
-            "guidance_scale": p.class_guidance_scale, "scheduler": type(model.pipe.scheduler).__name__,
+            "guidance_scale": class_guidance(cfg, model), "scheduler": type(model.pipe.scheduler).__name__,
             "dtype": str(model.denoiser.dtype).replace("torch.", "")}
 
 
@@ -124,7 +130,7 @@ def _generate(cfg, model, missing: list[tuple[int, Path]], want: dict, folder: P
     for k in range(0, len(missing), chunk):
         part = missing[k:k + chunk]
         images = generate(model, [want["prompt"]] * len(part), [p.class_seed + i for i, _ in part],
-                          steps=p.class_sample_steps, guidance_scale=p.class_guidance_scale,
+                          steps=p.class_sample_steps, guidance_scale=want["guidance_scale"],
                           height=resolution, width=resolution, batch_size=chunk)
         for (_, target), img in zip(part, images):
             save_image(img, target)  # atomic: a killed run leaves whole images only

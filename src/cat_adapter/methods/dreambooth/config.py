@@ -17,18 +17,20 @@ class PriorOptions:
                                 "training (diffusers' default 100).")
     class_prompt: str | None = opt(None, "Prompt of the class images (default: the caption template with the "
                                    "trigger removed, e.g. 'a photo of teapot').")
-    class_data: str | None = opt(None, "Folder of class images: generated ones are cached there with a manifest "
+    class_data: str | None = opt(None, path="out", help="Folder of class images: generated ones are cached there with a manifest "
                                  "(default: OUT/class_images); a folder of your own images without a manifest is "
                                  "used as it is and never written to.")
     class_seed: int = opt(0, "Class image i is generated with seed class_seed + i (independent of --seed, so runs "
                           "with different training seeds share one cache).")
     class_sample_steps: int = opt(50, "Sampling steps of generated class images (diffusers' pipeline default 50).")
-    class_guidance_scale: float = opt(7.5, "Guidance scale of generated class images (pipeline default 7.5).")
+    class_guidance_scale: float | None = opt(None, "Guidance scale of generated class images (default: the model's "
+                                             "pipeline's own: 7.5 for SD, 5 for SDXL, 3.5 for Flux).")
     regenerate_class_images: bool = opt(False, "Replace a generated class-image cache made under other settings.")
 
     def validate(self, cfg) -> None:
         check(self.num_class_images > 0, "--num-class-images", f"must be >= 1 (got {self.num_class_images})")
         check(self.prior_loss_weight >= 0, "--prior-loss-weight", f"must be >= 0 (got {self.prior_loss_weight})")
         check(self.class_sample_steps >= 1, "--class-sample-steps", "must be >= 1")
-        check(math.isfinite(self.class_guidance_scale), "--class-guidance-scale", "must be a finite number")
+        check(self.class_guidance_scale is None or math.isfinite(self.class_guidance_scale), "--class-guidance-scale",
+              "must be a finite number")
         check(0 <= self.class_seed < 2**32, "--class-seed", "must be in [0, 2**32)")

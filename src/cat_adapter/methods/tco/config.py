@@ -28,7 +28,7 @@ class TCOOptions:
     tco_convergence: float = opt(0.8, "Stop when the mean pairwise embedding distance of an iteration's images falls "
                                  "to this fraction of the first iteration's (paper 0.8; public implementation 0.6).")
     tco_steps: int | None = opt(None, "Training steps per iteration (default: --steps).")
-    tco_embedder: str | None = opt(None, "Image embedder: a transformers vision model (hub id or folder): DINOv2, as "
+    tco_embedder: str | None = opt(None, path="in", help="Image embedder: a transformers vision model (hub id or folder): DINOv2, as "
                                    "the paper (default facebook/dinov2-large), or a CLIP; toy: the shipped toy CLIP.")
     tco_sample_steps: int | None = opt(None, "Sampling steps of the generated images (default 35; toy 20).")
     tco_guidance_scale: float | None = opt(None, "Guidance scale of the generated images (default 7.5; toy 4).")
