@@ -15,8 +15,6 @@ from safetensors.torch import load_file
 
 from cat_adapter.cli.main import main
 
-pytestmark = pytest.mark.slow   # several processes / the compare harness / a benchmark: the full suite only
-
 
 @pytest.fixture(scope="module")
 def world(tiny_model, tmp_path_factory):
@@ -44,6 +42,7 @@ def done_files(out: Path) -> dict[str, bytes]:
     return {p.parent.name: p.read_bytes() for p in sorted((out / "jobs").glob("*/done.json"))}
 
 
+@pytest.mark.slow
 def test_a_killed_plan_reruns_only_its_unfinished_jobs_and_reports_them_all(world, tmp_path):
     plan = write_plan(tmp_path / "plan.yaml", world)
     out = tmp_path / "out"
@@ -129,6 +128,7 @@ def test_jobs_in_one_process_do_not_leak_into_each_other(world, tmp_path):
     assert ta["kps"] == tb["kps"] and ta["identity_score"] == tb["identity_score"]
 
 
+@pytest.mark.slow
 def test_two_shards_side_by_side_cover_every_job_exactly_once(world, tmp_path):
     plan = write_plan(tmp_path / "plan.yaml", world)
     out = tmp_path / "out"

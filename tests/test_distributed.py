@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from cat_adapter.config import build_config
 from cat_adapter.runners import train
 
-pytestmark = pytest.mark.slow   # several processes / the compare harness / a benchmark: the full suite only
+pytestmark = pytest.mark.slow   # several processes: the full suite only
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-pytestmark = pytest.mark.slow   # several processes / the compare harness / a benchmark: the full suite only
+pytestmark = pytest.mark.slow   # a benchmark's smoke run: the full suite only
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_scale.py"
 
