@@ -14,6 +14,7 @@ timed runs use the default allocator. Time is the median over the timed steps
     python benchmarks/cat_cost.py                       # batches 4 and 16, 3 repeats
     python benchmarks/cat_cost.py --batches 4 --repeats 1 --steps 5
     python benchmarks/cat_cost.py --old-src /tmp/old/src   # also the code of another checkout (its src/), interleaved
+    python benchmarks/cat_cost.py --old-src /tmp/before/src --variants lora cat_fast cat_lean --batches 4
 Writes benchmarks/results/cat_cost-<device>.json and prints a table with ratios to LoRA (and new / old).
 """
 
@@ -114,7 +115,11 @@ def worker(variant: str, batch: int, steps: int, warmup: int, device: str, code:
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")).to(device)
     unet.requires_grad_(False)
-    params, forward_backward, make_batch = (_new_api if code == "new" else _old_api)(variant, batch, unet, device)
+    import cat_adapter.methods
+
+    # an old checkout with the registry (methods = parts x terms) takes the current API; <= 9fbf7e2 its own
+    api = _new_api if code == "new" or not hasattr(cat_adapter.methods, "get_method") else _old_api
+    params, forward_backward, make_batch = api(variant, batch, unet, device)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
     def step() -> None:
@@ -141,7 +146,8 @@ def worker(variant: str, batch: int, steps: int, warmup: int, device: str, code:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
-    return {"variant": variant, "batch": batch, "code": code, "mean_s": statistics.fmean(times),
+    # the median step (as the docstring says): a burst of load on a shared CPU moves the mean of a short run
+    return {"variant": variant, "batch": batch, "code": code, "mean_s": statistics.median(times),
             "peak_above_model_mb": (peak - base) / 2**20}
 
 
@@ -160,6 +166,8 @@ def main() -> None:
     p.add_argument("--output", default=None)
     p.add_argument("--old-src", default=None, help="src/ folder of another checkout (e.g. a git worktree of "
                    "9fbf7e2) whose code runs interleaved with this one, same settings")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="the variants to run (default: all)")
     p.add_argument("--worker", nargs=3, metavar=("VARIANT", "BATCH", "CODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker and a.worker[2] == "old":
@@ -180,7 +188,7 @@ def main() -> None:
     codes = ["new"] + (["old"] if a.old_src else [])
     for batch in a.batches:
         for rep in range(a.repeats):
-            for variant, code in [(v, c) for v in VARIANTS for c in codes if c == "new" or v in OLD_VARIANTS]:  # interleaved: load drift hits all alike
+            for variant, code in [(v, c) for v in a.variants for c in codes if c == "new" or v in OLD_VARIANTS]:  # interleaved: load drift hits all alike
                 base_cmd = [sys.executable, __file__, "--worker", variant, str(batch), code, "--device", device] + \
                     (["--old-src", a.old_src] if a.old_src else [])
                 # Time with the default allocator; memory in a separate short run with the fixed threshold.
@@ -192,13 +200,13 @@ def main() -> None:
                       f"{timed['peak_above_model_mb']:.0f} MB", file=sys.stderr)
     summary = {}
     for batch in a.batches:
-        rows = {v: [r for r in runs if r["variant"] == v and r["batch"] == batch and r["code"] == "new"] for v in VARIANTS}
+        rows = {v: [r for r in runs if r["variant"] == v and r["batch"] == batch and r["code"] == "new"] for v in a.variants}
         med = {v: (statistics.median(r["mean_s"] for r in rs), statistics.median(r["peak_above_model_mb"] for r in rs))
                for v, rs in rows.items()}
         summary[str(batch)] = {v: {"s_per_step": t, "peak_above_model_mb": mem, "time_x_lora": t / med["lora"][0],
                                    "memory_x_lora": mem / med["lora"][1]} for v, (t, mem) in med.items()}
         if a.old_src:
-            for v in OLD_VARIANTS:
+            for v in [v for v in OLD_VARIANTS if v in a.variants]:
                 old = [r for r in runs if r["variant"] == v and r["batch"] == batch and r["code"] == "old"]
                 t_old = statistics.median(r["mean_s"] for r in old)
                 m_old = statistics.median(r["peak_above_model_mb"] for r in old)

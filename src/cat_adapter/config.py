@@ -24,12 +24,14 @@ from cat_adapter.data.prompts import PRESERVE_MODES
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods import registry
 from cat_adapter.options import add_field, check, coerce, flag, opt, path_fields
-from cat_adapter.training import optimizers
 
 CAPTION_TEMPLATE = "a photo of {trigger} {class_noun}"
 # --mixed-precision -> the frozen model's dtype; --save-dtype's choices (torch dtype names)
 MIXED_PRECISION = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+# --optimizer (training/optimizers.py builds them); Prodigy estimates the step size, so its lr is a multiplier (1.0)
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+OPTIMIZER_DEFAULT_LR = {"prodigy": 1.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ class OptimConfig:
     optimizer: str = opt("adamw", "Optimizer: adamw (torch); adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt; "
                          "--lr defaults to 1.0 with it) and adafactor (transformers, at the given lr: "
                          "relative_step off) are optional extras: pip install 'cat-adapter[bitsandbytes]' / '[prodigy]'.",
-                         choices=optimizers.CHOICES)
+                         choices=OPTIMIZERS)
     lr: float = opt(1e-4, "Learning rate (for prodigy a multiplier of its estimated step size, default 1.0).")
     batch_size: int = opt(1, "Images per micro-batch.")
     gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
@@ -209,8 +211,8 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(0 <= r.seed < 2**32, "--seed", f"must be in [0, 2**32) (got {r.seed})")
     check(r.validation_steps >= 1, "--validation-steps", "must be >= 1")
     check(o.steps > 0, "--steps", f"must be a positive number of steps (got {o.steps})")
-    if o.optimizer in optimizers.DEFAULT_LR and "lr" not in (given or ()):
-        o.lr = optimizers.DEFAULT_LR[o.optimizer]  # the method's AdamW lr means nothing to it
+    if o.optimizer in OPTIMIZER_DEFAULT_LR and "lr" not in (given or ()):
+        o.lr = OPTIMIZER_DEFAULT_LR[o.optimizer]  # the method's AdamW lr means nothing to it
     check(o.lr > 0, "--lr", f"must be > 0 (got {o.lr})")
     check(o.batch_size > 0, "--batch-size", f"must be >= 1 (got {o.batch_size})")
     check(o.gradient_accumulation_steps > 0, "--gradient-accumulation-steps", "must be >= 1")

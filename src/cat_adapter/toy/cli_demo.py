@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Train LoRA, CAT and CAT+pool on a shapes-world concept with the shipped toy model, evaluate, report.",
         description="Offline, CPU: writes a concept from a spec, trains plain LoRA, CAT and CAT with a preservation "
                     "pool with identical settings, evaluates base and adapters with the evaluation suite (toy CLIP) "
-                    "plus a pixel-read concept_rate, and writes OUT/report/{table.md,table.csv,scores.png} and "
-                    "grids of base/LoRA/CAT images for the trigger and class prompts.")
+                    "plus a pixel-read concept_rate, as a compare plan (OUT/plan.yaml) run into OUT/compare; the "
+                    "report is OUT/compare/report/ (table1.md, paired.md, profile.md, grid_trigger.png, "
+                    "grid_class.png: base/LoRA/CAT images for the trigger and class prompts).")
     p.add_argument("--output", default="runs/demo", help="Folder for everything the demo writes (a previous demo "
                    "there is replaced; any other non-empty folder is refused).")
     p.add_argument("--concept-spec", default=None, help="JSON concept spec (see 'cat-adapter toy concept --help'); "

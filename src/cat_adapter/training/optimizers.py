@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from cat_adapter.config import OPTIMIZERS as CHOICES
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.options import require_package
 
-CHOICES = ("adamw", "adamw8bit", "prodigy", "adafactor")
 EXTRAS = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigy")}  # -> (import, extra)
-DEFAULT_LR = {"prodigy": 1.0}   # Prodigy estimates the step size; lr multiplies it (its authors: leave it at 1)
 
 
 def check(name: str) -> None:
