@@ -67,7 +67,7 @@ def write_adapter_json(out_dir: Path, *, method: str, model, exported: list, con
     record = {"format_version": FORMAT_VERSION, "kinds": [e.kind for e in exported], "family": model.family,
               "base_model": {k: v for k, v in model.identity.items() if k != "family"}, "method": method,
               "files": files, "tokens": tokens, "concepts": concepts, "details": details,
-              "conditioning": model.conditioning(),
+              "conditioning": model.conditioning(), "base_quantization": getattr(model, "quantization", None),
               "package_version": cat_adapter.__version__}
     path = Path(out_dir) / ADAPTER_JSON
     write_json_atomic(path, record)

@@ -54,6 +54,13 @@ class ModelConfig:
     guidance: float | None = opt(None, "Flux with a guidance embedding (dev-like): the guidance value the transformer "
                                  "is given in training (default 3.5, as diffusers' Flux scripts). An error on other "
                                  "models.")
+    quantize_base: str = opt("none", "Quantize the frozen denoiser's linear layers while loading: int8 (torchao "
+                             "weight-only; CPU and GPU), fp8 (torchao; CUDA, compute capability 8.9+), nf4 (bitsandbytes; "
+                             "CUDA). LoRA trains in float32 on top; CAT's frozen pass is the same quantized base; the "
+                             "saved LoRA is a plain one. Not with a full fine-tune (--method dreambooth).",
+                             choices=("none", "int8", "fp8", "nf4"))
+    quantize_text_encoders: bool = opt(False, "With --quantize-base: also quantize the family's large text encoders "
+                                       "(SDXL's second CLIP, Flux's T5) in the same mode.")
     max_sequence_length: int | None = opt(None, "Flux: T5 prompt length in tokens (default: the T5 tokenizer's "
                                           "model_max_length, at most 512). An error on other models.")
 
@@ -225,6 +232,10 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
     check(o.ema_decay is None or spec.runner is None, "--ema-decay",
           f"is not supported by --method {spec.name}: its iterations continue from the raw weights")
     check(0 <= d.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1) (got {d.caption_dropout})")
+    m = self.model
+    check(m.quantize_base == "none" or spec.quantizable_base, "--quantize-base",
+          f"{m.quantize_base} cannot be used with --method {spec.name}: it trains the denoiser's own weights, and "
+          "quantized weights cannot be trained; use a LoRA method (lora, cat) or --quantize-base none")
     check(d.resolution is None or (d.resolution >= 8 and d.resolution % 8 == 0), "--resolution",
           f"must be a positive multiple of 8 (got {d.resolution})")
     for name in ("bucket_step", "bucket_min_side", "bucket_max_side"):

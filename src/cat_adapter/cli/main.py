@@ -42,7 +42,9 @@ def _quiet_libraries(verbose: bool) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub"):
+    # torchao (imported by diffusers' quantizers when installed) notes kernels a CPU build lacks; torch notes enum
+    # registrations it deprecates: nothing a user can act on
+    for name in ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as tlog

@@ -53,6 +53,7 @@ class MethodSpec:
     runner: str | None = None
     needs_data: bool = True                    # False: the method makes its own images, --data is not read
     multi_concept: bool = False                # trains several concepts in one adapter (--concepts)
+    quantizable_base: bool = True              # its base may be quantized (--quantize-base): it trains no base weight
     # A method that makes its own images (needs_data False): the option a prompt-only concept's prompt goes to,
     # and "module:function" (training output folder) -> the folder of images identity is measured against.
     prompt_option: str | None = None

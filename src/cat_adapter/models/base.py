@@ -153,6 +153,8 @@ class ModelSpec:
     single_file_config: str | None = None
     allow_pickle: bool = False
     option: str = "--model"
+    quantize: str = "none"                 # --quantize-base: the denoiser's linear layers (models/quantize.py)
+    quantize_text_encoders: bool = False   # --quantize-text-encoders: the family's large text encoders too
 
 
 def is_hub_id(spec: str) -> bool:

@@ -92,6 +92,7 @@ class FluxModel(PipelineFamily):
     denoiser_class = "FluxTransformer2DModel"
     denoiser_label = "Flux transformer"
     text_encoders = ("text_encoder", "text_encoder_2")
+    large_text_encoders = ("text_encoder_2",)   # T5-XXL, 4.7B parameters
     lora_targets = LORA_TARGETS
     target_examples = "attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp"
     features = frozenset()        # no text-encoder LoRA, kohya file or token training (yet)
@@ -173,9 +174,7 @@ class FluxModel(PipelineFamily):
 
 
 def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:
-    pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
-                         single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
-                         pipeline_class="FluxPipeline", components=COMPONENTS, pipeline_kwargs={})
+    pipe = load_pipeline(resolved, components=COMPONENTS, pipeline_kwargs={}, **FluxModel.load_kwargs(spec, dtype))
     return FluxModel(pipe, spec, resolved)
 
 

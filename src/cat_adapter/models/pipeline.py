@@ -41,12 +41,13 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
                   variant: str | None = None, single_file_config: str | None = None, allow_pickle: bool = False,
                   option: str = "--model", pipeline_class: str = "StableDiffusionPipeline",
                   components: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-                  pipeline_kwargs: dict | None = None):
+                  pipeline_kwargs: dict | None = None, quantization_config=None):
     """Load a ``pipeline_class`` (``StableDiffusionPipeline``: SD 1.x / 2.x, without safety checker) in ``dtype``.
 
     ``model`` is a local diffusers folder (``model_index.json`` inside), a single-file checkpoint
     (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a hub id, or an alias such as ``toy``.
-    ``components``: the sub-folders a local pipeline folder must hold.
+    ``components``: the sub-folders a local pipeline folder must hold. ``quantization_config``: diffusers'
+    ``PipelineQuantizationConfig`` (``models/quantize.py``), applied while the weights are read.
     """
     import diffusers
 
@@ -57,6 +58,8 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
     if pipeline_kwargs is None:
         pipeline_kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     common = dict(**dtype_kwarg(dtype), **pipeline_kwargs)
+    if quantization_config is not None:
+        common["quantization_config"] = quantization_config
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -74,6 +77,9 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise CatAdapterError(f"{option} {model}: file not found")
+        if quantization_config is not None:
+            raise CatAdapterError(f"{option} {model}: --quantize-base needs a diffusers folder or a hub id; convert "
+                                  "the single-file checkpoint once (load it and save_pretrained) and pass that folder")
         if path.suffix.lower() != ".safetensors" and not allow_pickle:
             raise CatAdapterError(f"{option} {model}: not a .safetensors file; pickled checkpoints can run code, "
                                   "pass --allow-pickle to load it with weights_only=True")
@@ -130,6 +136,7 @@ class PipelineFamily:
     denoiser_class: str                   # the diffusers class of the denoiser
     denoiser_label: str                   # how messages name it
     text_encoders: tuple[str, ...]        # the pipeline's text-encoder attributes
+    large_text_encoders: tuple[str, ...] = ()   # those --quantize-text-encoders quantizes (T5, LLM encoders)
     lora_targets: tuple[str, ...]         # default --target-modules
     target_examples: str                  # module names shown in the --target-modules error
     features: frozenset[str] = frozenset()   # of base.FEATURES
@@ -147,6 +154,29 @@ class PipelineFamily:
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
+
+    @classmethod
+    def load_kwargs(cls, spec: ModelSpec, dtype: torch.dtype) -> dict:
+        """``load_pipeline``'s keyword arguments for ``spec``: where the pipeline comes from, and the quantization of
+        the denoiser (and the large text encoders) that --quantize-base asks for."""
+        from cat_adapter.models.quantize import pipeline_config
+
+        if spec.quantize_text_encoders and not cls.large_text_encoders:
+            raise CatAdapterError(f"--quantize-text-encoders: the {cls.family} family has no large text encoder to "
+                                  "quantize (its CLIP encoders are small); leave it out")
+        if spec.quantize_text_encoders and spec.quantize == "none":
+            raise CatAdapterError("--quantize-text-encoders quantizes in the --quantize-base mode; give "
+                                  "--quantize-base int8 (or fp8, nf4)")
+        quant = pipeline_config(spec.quantize, denoiser=cls.denoiser_name, compute_dtype=dtype,
+                                text_encoders=cls.large_text_encoders if spec.quantize_text_encoders else ())
+        return dict(dtype=dtype, revision=spec.revision, variant=spec.variant, single_file_config=spec.single_file_config,
+                    allow_pickle=spec.allow_pickle, option=spec.option, pipeline_class=cls.pipeline_class,
+                    quantization_config=quant)
+
+    @property
+    def quantization(self) -> dict:
+        """How the base was loaded (adapter.json records it; the LoRA itself is a plain one)."""
+        return {"denoiser": self.spec.quantize, "text_encoders": bool(self.spec.quantize_text_encoders)}
 
     # ------------------------------------------------------------------------------------ identity
     @property

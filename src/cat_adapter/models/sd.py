@@ -123,9 +123,7 @@ class SDModel(PipelineFamily):
 
 
 def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDModel:
-    pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
-                         single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
-                         components=PIPELINE_COMPONENTS)
+    pipe = load_pipeline(resolved, components=PIPELINE_COMPONENTS, **SDModel.load_kwargs(spec, dtype))
     return SDModel(pipe, spec, resolved)
 
 

@@ -137,6 +137,7 @@ class SDXLModel(PipelineFamily):
     denoiser_class = "UNet2DConditionModel"
     denoiser_label = "U-Net"
     text_encoders = ("text_encoder", "text_encoder_2")
+    large_text_encoders = ("text_encoder_2",)   # OpenCLIP bigG, 695M parameters
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     target_examples = "to_q, to_out.0, proj_in, conv1"
     features = frozenset({"kohya_export", "tokens"})
@@ -261,10 +262,8 @@ def sgm_names(unet) -> dict[str, str]:
 
 
 def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDXLModel:
-    pipe = load_pipeline(resolved, dtype=dtype, revision=spec.revision, variant=spec.variant,
-                         single_file_config=spec.single_file_config, allow_pickle=spec.allow_pickle, option=spec.option,
-                         pipeline_class="StableDiffusionXLPipeline", components=COMPONENTS,
-                         pipeline_kwargs={"add_watermarker": False})
+    pipe = load_pipeline(resolved, components=COMPONENTS, pipeline_kwargs={"add_watermarker": False},
+                         **SDXLModel.load_kwargs(spec, dtype))
     return SDXLModel(pipe, spec, resolved)
 
 

@@ -167,16 +167,15 @@ def _iteration(cfg, i: int, folder: Path, previous: Path | None, first: float | 
 def _generate(cfg, i: int, folder: Path, prompt: str, previous: Path | None, device) -> list[Path]:
     """N images of ``prompt``; the base model, or the base model with ``previous``'s adapter applied."""
     from cat_adapter.adapters import load_adapter
-    from cat_adapter.models import ModelSpec, load_model
+    from cat_adapter.models import load_model
     from cat_adapter.sampling import generate, save_image
-    from cat_adapter.training.loop import MIXED
+    from cat_adapter.training.loop import MIXED, model_spec
 
-    t, m = cfg.tco, cfg.model
+    t = cfg.tco
     names = [f"{j:03d}.png" for j in range(t.tco_images)]
     if folder.is_dir():
         return [folder / n for n in names]
-    model = load_model(ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle),
-                       dtype=MIXED[cfg.run.mixed_precision])
+    model = load_model(model_spec(cfg), dtype=MIXED[cfg.run.mixed_precision])
     model.to(device)
     adapter = load_adapter(previous).apply(model) if previous is not None else None
     seeds = [image_seed(cfg.run.seed, i, j) for j in range(t.tco_images)]

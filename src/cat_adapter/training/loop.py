@@ -100,6 +100,9 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     elif accelerator.gradient_accumulation_steps != cfg.optim.gradient_accumulation_steps:
         raise CatAdapterError("--gradient-accumulation-steps differs from the given accelerator's")
     check_distributed_type(accelerator)
+    from cat_adapter.models.quantize import check_mode
+
+    check_mode(cfg.model.quantize_base, device_type=accelerator.device.type)
     try:
         t0 = time.perf_counter()
         s = setup(cfg, items, inputs, accelerator, specs=specs, init_state=init_state,
@@ -198,11 +201,11 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    m, d, o, run = cfg.model, cfg.data, cfg.optim, cfg.run
+    d, o, run = cfg.data, cfg.optim, cfg.run
     specs = specs if specs is not None else concept_specs(d)
     set_seed(run.seed)  # LoRA init draws from the global generator: identical on every rank
     weight_dtype = MIXED[run.mixed_precision]
-    model = load_model(ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle), dtype=weight_dtype)
+    model = load_model(model_spec(cfg), dtype=weight_dtype)
     model.to(accelerator.device)
     freeze(*model.frozen_components())
     memory.reset_peak()  # the profile's peak is measured above the loaded model
@@ -256,6 +259,13 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
+
+
+def model_spec(cfg: TrainConfig) -> ModelSpec:
+    """Where the run's base model comes from and how it is loaded (quantized or not)."""
+    m = cfg.model
+    return ModelSpec(m.model, m.revision, m.variant, m.single_file_config, m.allow_pickle,
+                     quantize=m.quantize_base, quantize_text_encoders=m.quantize_text_encoders)
 
 
 def with_resolution(cfg: TrainConfig, model, accelerator=None) -> TrainConfig:

@@ -12,4 +12,5 @@ register_term("prior", "cat_adapter.methods.dreambooth.loss:PriorTerm", order=10
 register_method(MethodSpec(
     "dreambooth", parts=("full",), terms=("identity",), sections=("prior", "preservation"),
     defaults={"lr": 5e-6, "steps": 400, "prior_preservation": True}, optional_terms=("prior", "preservation"),
+    quantizable_base=False,
     description="Full fine-tune of the denoiser with DreamBooth's prior preservation."))
