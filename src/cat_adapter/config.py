@@ -158,6 +158,10 @@ class RunConfig:
     mixed_precision: str = opt("no", "Mixed precision of the frozen model (LoRA weights stay float32).",
                                choices=tuple(MIXED_PRECISION))
     gradient_checkpointing: bool = opt(False, "Recompute U-Net activations in backward to save memory.")
+    offload_frozen: bool = opt(True, "Once latents and prompt embeddings are cached, move the VAE and the text encoders "
+                               "the steps do not read off the accelerator for the rest of the run (validation brings "
+                               "them back for its grid), so the peak is the denoiser, the adapter, the optimizer and "
+                               "the activations. No effect on a CPU run.")
     cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
     save_every: int = opt(0, "Also write a loadable LoRA snapshot OUT/step-N/ every N steps (0: off).")
     save_dtype: str = opt("float32", "Precision of the saved LoRA weights.", choices=SAVE_DTYPES)
@@ -422,7 +426,7 @@ def save_config(cfg: TrainConfig, path: str | Path, **extra: Any) -> None:
 
 
 # Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_every", "checkpoints_limit",
+RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_every", "checkpoints_limit", "offload_frozen",
                      "validation_prompt", "validation_every", "validation_images", "validation_steps",
                      "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output", "cache_dir",
                      "report_to"}

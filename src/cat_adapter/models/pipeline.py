@@ -151,6 +151,7 @@ class PipelineFamily:
         self.objective = self.objective_class(pipe.scheduler.config)
         self._graded = None   # the module graded passes run through (accelerate's wrapper), if set
         self._identity = None
+        self._offloaded: dict[str, torch.device] = {}   # component -> where it was before ``offload``
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
@@ -199,11 +200,46 @@ class PipelineFamily:
 
     def to(self, device) -> "PipelineFamily":
         self.pipe.to(device)
+        self._offloaded = {}
         return self
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        """Where the denoiser is (the pipeline's own guess looks at its first component, which may be offloaded)."""
+        return next(self.denoiser.parameters()).device
+
+    # ------------------------------------------------------------------------------------ offloading
+    def idle_components(self) -> list[str]:
+        """What a training step does not read once latents and prompt embeddings are cached: the VAE, and the text
+        encoders unless prompts are encoded in the step (trainable tokens, a text-encoder LoRA)."""
+        text = self.text
+        encodes_in_step = bool(getattr(text, "encoder_trained", False) or getattr(text, "trainable_ids", None))
+        return ["vae"] + ([] if encodes_in_step else list(self.text_encoders))
+
+    def offload(self, names: list[str], to: str | torch.device = "cpu") -> list[str]:
+        """Move the components ``names`` to ``to`` (the CPU) and remember where they were; the ones that were
+        already there are left alone. Returns those moved."""
+        moved = []
+        for name in names:
+            module = getattr(self.pipe, name)
+            home = next(module.parameters()).device
+            if home != torch.device(to):
+                module.to(to)
+                self._offloaded[name] = home
+                moved.append(name)
+        return moved
+
+    @contextmanager
+    def onloaded(self) -> Iterator[None]:
+        """Within the block every offloaded component is back where it was (validation grids); after it, away again."""
+        away = dict(self._offloaded)
+        for name, home in away.items():
+            getattr(self.pipe, name).to(home)
+        try:
+            yield
+        finally:
+            for name in away:
+                getattr(self.pipe, name).to("cpu")
 
     def set_graded(self, module: torch.nn.Module | None) -> None:
         """Graded passes run through ``module`` (the denoiser as accelerate prepared it)."""

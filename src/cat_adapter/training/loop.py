@@ -233,6 +233,10 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
         counts = ", ".join(f"{w}x{h}: {len(cache.instance.members[(w, h)])}" for w, h in cache.instance.buckets)
         accelerator.print(f"images per bucket: {counts} (OUT/buckets.json; a bucket smaller than the batch repeats "
                           "its own images)")
+    if run.offload_frozen and accelerator.device.type != "cpu":
+        moved = model.offload(model.idle_components())
+        if moved:
+            accelerator.print(f"offloaded to the CPU until validation: {', '.join(moved)} (--no-offload-frozen keeps them)")
     if run.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
@@ -363,11 +367,12 @@ def validate(s: Session, path: Path, step: int) -> None:
     run, d = s.cfg.run, s.cfg.data
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
-    validation_grid(s.method, prompt_trigger=run.validation_prompt,
-                    prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
-                    num_images=run.validation_images, steps=run.validation_steps,
-                    guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
-                    autocast=s.accelerator.autocast())
+    with s.model.onloaded():   # the VAE and text encoders offloaded after caching come back for the grid
+        validation_grid(s.method, prompt_trigger=run.validation_prompt,
+                        prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
+                        num_images=run.validation_images, steps=run.validation_steps,
+                        guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
+                        autocast=s.accelerator.autocast())
     if s.tracking:
         trackers.log_image(s.accelerator, path, step)
 
