@@ -97,3 +97,24 @@ def test_config_file_values_are_errors_naming_the_file(tmp_path, content):
     with pytest.raises(CatAdapterError) as err:
         build_config(load_config_file(f), {key: content[key]}, file_source=source)
     assert not str(err.value).startswith(source)
+
+
+def test_every_file_a_run_writes_has_the_users_mode(tiny_model, concept_dir, tmp_path):
+    """Weights included: a ComfyUI server or container running as another user can read the LoRA (0644 under umask
+    022; safetensors' own temporary file would otherwise leave it 0600)."""
+    import os
+
+    from helpers import train_overrides
+
+    from cat_adapter.runners import train
+
+    old = os.umask(0o022)
+    try:
+        out = train(build_config(overrides=train_overrides(tiny_model, concept_dir, tmp_path / "out", steps=2,
+                                                           checkpoint_every=1, save_every=1, cpu=True,
+                                                           export_format="kohya")), progress=False)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*")}
+    assert any(name.endswith("pytorch_lora_weights.safetensors") for name in modes)
+    assert {n: m for n, m in modes.items() if m != (0o755 if (out / n).is_dir() else 0o644)} == {}

@@ -102,7 +102,7 @@ def test_one_concept_is_the_same_code(tmp_path):
 
 @pytest.mark.parametrize("extra, needle", [
     ([{"name": "c", "data": "c", "trigger": "sks", "class_noun": "star"}], "share the trigger"),
-    ([{"name": "c", "data": "c", "trigger": "sks dog", "class_noun": "dog"}], "contains trigger 'sks'"),
+    ([{"name": "c", "data": "c", "trigger": "sks dog", "class_noun": "cat"}], "contains trigger 'sks'"),
     ([{"name": "c", "data": "a", "trigger": "qlo", "class_noun": "circle"}], "listed twice"),
     ([{"name": "a", "data": "c", "trigger": "qlo", "class_noun": "circle"}], "named 'a'"),
     ([{"name": "c", "data": "c", "trigger": "qlo", "colour": "red"}], "unknown key 'colour'"),

@@ -52,3 +52,29 @@ def test_replace_word_maps_the_trigger_but_not_the_token_itself():
     assert replace_word("a photo of sks teapot, sks's lid", "sks", "<sks>") == "a photo of <sks> teapot, <sks>'s lid"
     assert replace_word("a photo of <sks> teapot", "sks", "<sks>") == "a photo of <sks> teapot"
     assert replace_word("he asks sksx", "sks", "<sks>") == "he asks sksx"
+
+
+@pytest.mark.parametrize("trigger, noun, clash", [
+    ("circle", "circle", True), ("Circle", "circle", True), ("sks", "sks teapot", True), ("sks", "teapot", False),
+    ("asks", "sks", False), ("sks", "asks", False), ("teapot", "red teapot", True), ("sks", None, False),
+])
+def test_a_trigger_that_is_or_holds_the_class_is_a_clash(trigger, noun, clash):
+    from cat_adapter.data.prompts import trigger_class_clash
+
+    assert (trigger_class_clash(trigger, noun) is not None) == clash
+
+
+def test_trigger_and_class_must_differ_in_one_line_per_option_and_per_concept(tiny_model, concept_dir, tmp_path,
+                                                                               capsys):
+    from helpers import train_cli_error
+
+    err = train_cli_error(capsys, tiny_model, concept_dir, tmp_path / "a", "--trigger", "circle")
+    assert "--trigger 'circle' and --class-noun 'circle' must differ" in err and not (tmp_path / "a").exists()
+    concepts = tmp_path / "concepts.yaml"
+    concepts.write_text(f"concepts:\n  - {{name: c, data: {concept_dir}, trigger: teapot, class_noun: red teapot}}\n")
+    from cat_adapter.cli.main import main
+
+    code = main(["train", "--model", str(tiny_model), "--concepts", str(concepts), "--output", str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "concept 1 (c): trigger and class_noun must differ" in err[0]
+    assert not (tmp_path / "b").exists()

@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from cat_adapter.data.prompts import PRESERVE_MODES
+from cat_adapter.data.prompts import PRESERVE_MODES, trigger_class_clash
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.methods import registry
 from cat_adapter.options import add_field, check, coerce, flag, opt, path_fields
@@ -253,6 +253,9 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
           f"must be one word without spaces (got {d.trigger!r})")
     # (a method that makes its own images writes its own captions: the template is not read; a concepts file's
     # entries are checked when it is read)
+    clash = None if d.concepts else trigger_class_clash(d.trigger, d.class_noun)
+    check(clash is None, "--trigger", f"{d.trigger!r} and --class-noun {d.class_noun!r} must differ: {clash}; choose a "
+          "trigger that is no word of the class (a rare token such as zwx)")
     needs_class = not d.concepts and (("{class_noun}" in d.caption_template and spec.needs_data)
                                       or d.preserve_prompt == "class")
     check(not needs_class or bool(d.class_noun), "--class-noun",

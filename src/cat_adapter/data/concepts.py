@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cat_adapter.data.concept import ConceptItem, load_concept
-from cat_adapter.data.prompts import has_trigger, plain_prompt
+from cat_adapter.data.prompts import has_trigger, plain_prompt, trigger_class_clash
 from cat_adapter.errors import CatAdapterError
 
 KEYS = ("name", "data", "trigger", "class_noun", "caption_template", "preserve_pool")
@@ -66,6 +66,10 @@ def read_concepts_file(path: str | Path, *, default_template: str, preserve_prom
         pool = e.get("preserve_pool")
         if pool:
             pool = str(Path(pool) if Path(pool).is_absolute() else (path.parent / pool))
+        clash = trigger_class_clash(e["trigger"].strip(), e.get("class_noun"))
+        if clash:
+            raise CatAdapterError(f"{label} ({e['name'].strip()}): trigger and class_noun must differ: {clash}; choose "
+                                  "a trigger that is no word of the class (a rare token such as zwx)")
         specs.append(ConceptSpec(e["name"].strip(), str(data.resolve()), e["trigger"].strip(), e.get("class_noun"),
                                  e.get("caption_template") or default_template, pool))
     check_concepts(specs, where, preserve_prompt)

@@ -29,6 +29,23 @@ def has_trigger(caption: str, trigger: str) -> bool:
     return trigger_pattern(trigger).search(caption) is not None
 
 
+def trigger_class_clash(trigger: str, class_noun: str | None) -> str | None:
+    """Why ``trigger`` cannot name a concept of ``class_noun`` (None when it can): the same word, or one holding the
+    other as a word under the trigger's matching rules. Removing such a trigger removes the class too, so CAT would
+    preserve "a photo of" instead of "a photo of circle"."""
+    if not class_noun or not class_noun.strip():
+        return None
+    if class_noun.strip().lower() == trigger.strip().lower():
+        return "they are the same word: removing the trigger from a caption would remove the class"
+    if has_trigger(class_noun, trigger):
+        return (f"the class noun {class_noun!r} contains the trigger {trigger!r} as a word: removing the trigger "
+                "from a caption would remove the class, and CAT would preserve a prompt without it")
+    if any(has_trigger(trigger, word) for word in class_noun.split()):
+        return (f"the trigger {trigger!r} contains the class noun {class_noun!r} as a word: the trigger-free "
+                "prompt would lose the class with it")
+    return None
+
+
 def tidy(text: str) -> str:
     """Collapse whitespace and fix the punctuation a removed word leaves behind."""
     text = re.sub(r"\s+", " ", text)
