@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -119,3 +121,92 @@ def read_yaml(path: str | os.PathLike, source: str) -> Any:
         raise CatAdapterError(f"{source}: not valid YAML" + (f" (line {line + 1})" if line is not None else "")) from None
     except UnicodeDecodeError:
         raise CatAdapterError(f"{source}: not a text file") from None
+
+
+# ------------------------------------------------------------------------------------------ locks
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(lock: Path, *, command: str | None = None) -> bool:
+    """Create ``lock`` exclusively; a lock left by a dead process on this host is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                return False  # being written right now: someone else has it
+            if owner.get("host") != socket.gethostname() or _alive(int(owner.get("pid", 0))):
+                return False
+            try:  # stale: only one process wins the rename, and then retries the exclusive create
+                os.rename(lock, lock.with_name(f"{lock.name}.stale-{os.getpid()}"))
+                lock.with_name(f"{lock.name}.stale-{os.getpid()}").unlink()
+            except FileNotFoundError:
+                return False
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                       **({"command": command} if command else {})}, f)
+        return True
+    return False
+
+
+def release(lock: Path) -> None:
+    lock.unlink(missing_ok=True)
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock of an output folder: a sibling file, so it outlives --overwrite and evaluate's rename of the folder."""
+    output = Path(output).expanduser().resolve()
+    return output.parent / f".{output.name}.lock"
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike, command: str, option: str = "--output") -> Iterator[None]:
+    """Hold ``output`` for the life of a run: a second process on it gets one line naming the holder (pid, host,
+    start time); a lock whose process is gone (same host) is taken over with a warning."""
+    import datetime
+    import logging
+
+    from cat_adapter.errors import CatAdapterError
+
+    lock = lock_path(output)
+    stale = _stale_holder(lock)
+    if not acquire(lock, command=command):
+        holder = _holder(lock)
+        since = datetime.datetime.fromtimestamp(holder.get("since", 0)).isoformat(timespec="seconds")
+        raise CatAdapterError(f"{option} {output}: in use by another run ({holder.get('command', 'cat-adapter')}, pid "
+                              f"{holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to end or "
+                              "choose another folder")
+    if stale:
+        logging.getLogger("cat_adapter").warning("%s %s: took over the lock of pid %s on %s, which is no longer "
+                                                 "running", option, output, stale.get("pid"), stale.get("host"))
+    try:
+        yield
+    finally:
+        release(lock)
+
+
+def _holder(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _stale_holder(lock: Path) -> dict | None:
+    import socket
+
+    holder = _holder(lock) if lock.is_file() else {}
+    if holder and holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0))):
+        return holder
+    return None

@@ -149,11 +149,19 @@ class SampleOptions:
 
 
 def sample_to_folder(o: SampleOptions) -> list[Path]:
-    """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``."""
+    """Write ``output/<prompt index>-<seed>.png`` for every prompt and seed, and ``output/grid.png``; the output
+    folder is held for the run (``io.output_lock``)."""
+    from cat_adapter.io import output_lock
+
+    o.validate()
+    with output_lock(o.output, "cat-adapter sample"):
+        return _sample_to_folder(o)
+
+
+def _sample_to_folder(o: SampleOptions) -> list[Path]:
     from cat_adapter.adapters import load_adapter
     from cat_adapter.models import ModelSpec, load_model
 
-    o.validate()
     output = Path(o.output)
     found = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.adapter else None  # fails before the model loads
     m = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import cat_adapter
 from cat_adapter.compare.plan import Concept, Job, Plan, fingerprint, jobs, shard, train_options
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.io import write_json_atomic, write_text_atomic
+from cat_adapter.io import acquire, release, write_json_atomic, write_text_atomic
 from cat_adapter.methods import registry
 
 from cat_adapter.options import opt
@@ -43,46 +42,6 @@ class CompareOptions:
     report_only: bool = opt(False, "Only rebuild OUTPUT/report from the finished jobs.")
     cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
     progress: bool = opt(False, "Show training progress bars.")
-
-
-# ------------------------------------------------------------------------------------------ locks
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire(lock: Path) -> bool:
-    """Create ``lock`` exclusively; a lock left by a dead process on this host is taken over."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                return False  # being written right now: someone else has it
-            if owner.get("host") != socket.gethostname() or _alive(int(owner.get("pid", 0))):
-                return False
-            try:  # stale: only one process wins the rename, and then retries the exclusive create
-                os.rename(lock, lock.with_name(f"{lock.name}.stale-{os.getpid()}"))
-                lock.with_name(f"{lock.name}.stale-{os.getpid()}").unlink()
-            except FileNotFoundError:
-                return False
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
-        return True
-    return False
-
-
-def release(lock: Path) -> None:
-    lock.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ set-up

@@ -160,14 +160,22 @@ NOT_APPLICABLE_TI = ("the adapter only adds tokens: a prompt without the trigger
 
 
 def evaluate(o: EvalOptions) -> Path:
-    """Generate, write ``manifest.csv`` and the images, then score them: the outputs of ``score`` plus images/."""
+    """Generate, write ``manifest.csv`` and the images, then score them: the outputs of ``score`` plus images/.
+    The output folder is held for the run (``io.output_lock``)."""
+    from cat_adapter.io import output_lock
+
+    o.validate()
+    with output_lock(o.output, "cat-adapter evaluate"):
+        return _evaluate(o)
+
+
+def _evaluate(o: EvalOptions) -> Path:
     from cat_adapter import shared
     from cat_adapter.adapters import load_adapter
     from cat_adapter.evaluation.drift import prediction_drift
     from cat_adapter.models import ModelSpec, load_model
     from cat_adapter.sampling import pick_device
 
-    o.validate()
     out = check_output(o.output, overwrite=o.overwrite)
     adapter = load_adapter(o.adapter, allow_pickle=o.allow_pickle) if o.has_adapter else None
     if adapter is not None and len(adapter.concepts) > 1 and o.concept is None:

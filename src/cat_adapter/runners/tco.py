@@ -49,6 +49,13 @@ def image_seed(seed: int, iteration: int, index: int) -> int:
 
 def train_tco(cfg, *, progress: bool = True, accelerator=None) -> Path:
     """Run The Chosen One as ``cfg`` says; returns the output folder with the final adapter (lora + tokens)."""
+    from cat_adapter.io import output_lock
+
+    with output_lock(cfg.run.output, "cat-adapter train --method tco"):
+        return _train_tco(cfg, progress=progress, accelerator=accelerator)
+
+
+def _train_tco(cfg, *, progress: bool, accelerator) -> Path:
     from cat_adapter.config import check_same_run, portable, save_config
     from cat_adapter.evaluation.embedders import load_image_embedder
     from cat_adapter.sampling import pick_device

@@ -12,6 +12,7 @@ import math
 import shutil
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from cat_adapter.data.concepts import ConceptSpec, concept_specs, load_concepts,
 from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.io import check_output_folder, write_json_atomic, write_text_atomic
+from cat_adapter.io import check_output_folder, output_lock, write_json_atomic, write_text_atomic
 from cat_adapter.methods import registry
 from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
@@ -77,11 +78,23 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     end (accelerate keeps one precision setting per process), so a later call may use another precision.
     ``init_state``: the method's trained state to start from (``Method.state_dict`` keys, loaded strictly)
     instead of its initialisation."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     if registry.get_spec(cfg.method.method).runner is not None:
         raise CatAdapterError(f"--method {cfg.method.method} is run by its own runner: call cat_adapter.runners.train")
+    # the output folder is this run's for its whole life (one lock per launch: the main process takes it)
+    with output_lock(cfg.run.output, "cat-adapter train") if main_launch_process() else nullcontext():
+        return _train_loop(cfg, progress=progress, accelerator=accelerator, init_state=init_state)
+
+
+def main_launch_process() -> bool:
+    """The process of rank 0 under ``accelerate launch`` / torchrun (RANK unset: a plain process)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) -> Path:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     out, run = Path(cfg.run.output), cfg.run
     mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
