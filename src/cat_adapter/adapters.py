@@ -253,7 +253,11 @@ def saved_run_config(adapter: str | Path) -> dict | None:
 
     p = Path(adapter)
     folder = p if p.is_dir() else p.parent
-    for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
+    # beside the adapter, one level up (OUT/step-N, OUT/ema), two levels up for a checkpoint (OUT/checkpoints/step-N)
+    candidates = [folder / "config.yaml", folder.parent / "config.yaml"]
+    if folder.parent.name == "checkpoints":
+        candidates.append(folder.parent.parent / "config.yaml")
+    for candidate in candidates:
         if candidate.is_file():
             return read_yaml(candidate, f"--adapter {adapter}: {candidate.name}")
     return None

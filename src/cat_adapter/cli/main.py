@@ -59,21 +59,44 @@ def _quiet_libraries(verbose: bool) -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or a container's stop), raised where the program is, like Ctrl-C's KeyboardInterrupt."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries(args.verbose)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return int(args.func(args) or 0)
     except CatAdapterError as exc:
         print(f"cat-adapter {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"cat-adapter {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:   # Ctrl-C or SIGTERM: one line, with what the run left and how to go on
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        note = getattr(exc, "note", None) or ("it stopped before training started: nothing to resume"
+                                              if args.command == "train" else "")
+        print(f"cat-adapter {args.command}: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # output piped into head & co.: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Resumable checkpoints (format 2), written atomically and without pickle.
 
 ``OUT/checkpoints/step-000040/`` holds ``trained.safetensors`` (the method's trainable state: LoRA
-weights, a full denoiser, token rows), ``optimizer.safetensors`` (every optimizer state tensor),
+weights, a full denoiser, token rows), the adapter's own files with ``adapter.json`` (so ``sample``, ``evaluate``
+and ``--adapter`` take a checkpoint folder like a finished run), ``optimizer.safetensors`` (every optimizer state tensor),
 ``stream.safetensors`` (the one data-stream generator, the same on every rank), ``ema.safetensors`` (the EMA
 weights, with --ema-decay), ``rng-rank<R>.safetensors``
 (each rank's torch CPU/CUDA generators: dropout) and ``state.json`` (format version, step, world size,
@@ -58,8 +59,10 @@ FORMAT_VERSION = 2
 
 def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor], optimizer, lr_scheduler,
                     stream_state: dict, rng_states: list[dict[str, torch.Tensor]], scaler_state: dict | None = None,
-                    limit: int | None = None, ema_state: dict | None = None, term_state: dict | None = None) -> Path:
-    """Write a checkpoint (main process); ``rng_states``: one dict of generator states per rank."""
+                    limit: int | None = None, ema_state: dict | None = None, term_state: dict | None = None,
+                    export=None) -> Path:
+    """Write a checkpoint (main process); ``rng_states``: one dict of generator states per rank; ``export(folder)``
+    writes the adapter's files and adapter.json into it (within the atomic write)."""
     root = Path(out_dir) / CHECKPOINT_DIR
     target = root / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
@@ -79,6 +82,8 @@ def save_checkpoint(out_dir: Path, step: int, *, trained: dict[str, torch.Tensor
                  "stream": {k: v for k, v in stream_state.items() if k != "generator"}, "grad_scaler": scaler_state,
                  "terms": term_state or {}}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        if export is not None:
+            export(tmp)
     if limit:
         for old in list_checkpoints(out_dir)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)

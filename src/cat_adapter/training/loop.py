@@ -99,10 +99,15 @@ def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) ->
     out, run = Path(cfg.run.output), cfg.run
     mode = check_output_folder(out, markers=("config.yaml", "log.jsonl"), kind="a cat-adapter output folder",
                                overwrite=run.overwrite, resume=run.resume)
+    if run.resume and mode == "fresh":
+        raise CatAdapterError(f"--resume: {out} {'is empty' if out.exists() else 'does not exist'}, so there is no run "
+                              "to continue; check the path, or leave --resume out to start a run there")
     items, inputs, specs = check_inputs(cfg)
     checkpoints = list_checkpoints(out) if mode == "resume" else []
-    if mode == "resume":
-        check_resume(cfg, out, checkpoints)
+    if mode == "resume" and check_resume(cfg, out, checkpoints) == "finished":
+        print(f"{out}: the run is finished ({cfg.optim.steps} steps); nothing to resume. Give --steps MORE to train "
+              "on from its last checkpoint")
+        return out
     trackers.check(run.report_to)
     optimizers.check(cfg.optim.optimizer)
     owned = accelerator is None
@@ -167,9 +172,20 @@ def term_classes(cfg: TrainConfig) -> list:
     return [registry.term_class(n) for n in registry.active_terms(registry.get_spec(cfg.method.method), cfg)]
 
 
-def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
+def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> str:
+    """``continue``, or ``finished`` (a finished run asked for its own steps again); one line when it cannot go on."""
     saved = check_same_run(cfg, out)
     o = cfg.optim
+    done_steps = json.loads((out / DONE).read_text()).get("steps") if (out / DONE).is_file() else None
+    if done_steps is not None and o.steps == done_steps:
+        return "finished"
+    if done_steps is not None and not checkpoints:
+        if o.steps < done_steps:
+            raise CatAdapterError(f"--resume: {out} finished at step {done_steps}; --steps {o.steps} would go back "
+                                  f"(give more steps to train on, or {done_steps})")
+        raise CatAdapterError(f"--resume --steps {o.steps}: {out} finished at step {done_steps} without a "
+                              "checkpoint to continue from (--checkpoint-every writes them); train it again with "
+                              "--overwrite and --checkpoint-every")
     if checkpoints and saved.optim.steps != o.steps and o.lr_scheduler not in STEPS_FREE_SCHEDULES:
         raise CatAdapterError(f"--resume with --steps {o.steps} (the run had {saved.optim.steps}): --lr-scheduler "
                               f"{o.lr_scheduler} depends on --steps, so the resumed learning rates would not be those "
@@ -177,6 +193,7 @@ def check_resume(cfg: TrainConfig, out: Path, checkpoints: list[Path]) -> None:
     if checkpoints and checkpoint_step(checkpoints[-1]) > o.steps:
         raise CatAdapterError(f"--steps {o.steps} is below the step of the newest checkpoint in {out} "
                               f"({checkpoint_step(checkpoints[-1])}); give at least that many steps")
+    return "continue"
 
 
 def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[ConceptSpec], mode: str,
@@ -443,46 +460,68 @@ def checkpoint(s: Session, done: int) -> None:
             Path(s.cfg.run.output), done, trained=s.method.state_dict(), optimizer=s.optimizer,
             lr_scheduler=s.lr_scheduler, stream_state=s.sampler.state_dict(), rng_states=rngs,
             scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None, limit=s.cfg.run.checkpoints_limit,
-            ema_state=s.ema.state_dict() if s.ema is not None else None, term_state=s.method.term_state())
+            ema_state=s.ema.state_dict() if s.ema is not None else None, term_state=s.method.term_state(),
+            export=lambda folder: write_adapter(s, folder, s.method.export(folder, dtype=getattr(torch, s.cfg.run.save_dtype))))
     acc.wait_for_everyone()
 
 
 def run_loop(s: Session, *, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
     main = s.accelerator.is_main_process
+    steps, out = s.cfg.optim.steps, Path(s.cfg.run.output)
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
-    with (out / "log.jsonl").open("a") if main else _Null() as log_file:
-        for step in bar:
-            t0 = time.perf_counter()
-            before = s.method.term_logs()   # what this step trains with (CAT's alpha)
-            s.method.step = step
-            terms = train_step(s)
-            done = step + 1
-            if not math.isfinite(terms["loss"]):
-                raise CatAdapterError(
-                    f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
-                    f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
-            record = {"step": done, **terms, **s.method.part_logs(), **before,
-                      "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
-            log_file.write(json.dumps(record) + "\n")
-            if s.tracking:
-                trackers.log_step(s.accelerator, record, done)
-            log_file.flush()
-            bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k.startswith("loss") and v is not None})
-            if run.checkpoint_every and (done % run.checkpoint_every == 0 or done == steps):
-                # the last step too, so that --resume --steps MORE can continue a finished run
-                checkpoint(s, done)
-            if done == steps or not main:
-                continue  # the final weights and grid are written by finish()
-            if run.save_every and done % run.save_every == 0:
-                exported = s.method.export(out / f"step-{done}", dtype=getattr(torch, run.save_dtype))
-                write_adapter(s, out / f"step-{done}", exported)
-                validate(s, out / f"step-{done}" / "validation.png", done)
-            elif run.validation_every and done % run.validation_every == 0:
-                validate(s, out / "validation" / f"step-{done:06d}.png", done)
+    try:
+        with (out / "log.jsonl").open("a") if main else _Null() as log_file:
+            _steps(s, bar, log_file)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (the CLI turns it into one): say how to go on
+        exc.note = resume_note(s)
+        raise
+
+
+def resume_note(s: Session) -> str:
+    """The last complete checkpoint and the exact command that continues from it (or that there is none)."""
+    out = Path(s.cfg.run.output).resolve()
+    again = f"cat-adapter train --config {out / 'config.yaml'}"
+    if s.last_checkpoint is not None:
+        return (f"last complete checkpoint: {s.last_checkpoint} (step {checkpoint_step(s.last_checkpoint)}); "
+                f"resume with: {again} --resume")
+    return f"no checkpoint was written (--checkpoint-every N writes them); start again with: {again} --overwrite"
+
+
+def _steps(s: Session, bar, log_file) -> None:
+    run, steps, out = s.cfg.run, s.cfg.optim.steps, Path(s.cfg.run.output)
+    main = s.accelerator.is_main_process
+    for step in bar:
+        t0 = time.perf_counter()
+        before = s.method.term_logs()   # what this step trains with (CAT's alpha)
+        s.method.step = step
+        terms = train_step(s)
+        done = step + 1
+        if not math.isfinite(terms["loss"]):
+            raise CatAdapterError(
+                f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
+                f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
+        record = {"step": done, **terms, **s.method.part_logs(), **before,
+                  "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
+        log_file.write(json.dumps(record) + "\n")
+        if s.tracking:
+            trackers.log_step(s.accelerator, record, done)
+        log_file.flush()
+        # 4 significant digits: CAT's preservation term is 1e-7..1e-4, which a fixed 0.0000 would hide
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss") and v is not None})
+        if run.checkpoint_every and (done % run.checkpoint_every == 0 or done == steps):
+            # the last step too, so that --resume --steps MORE can continue a finished run
+            checkpoint(s, done)
+        if done == steps or not main:
+            continue  # the final weights and grid are written by finish()
+        if run.save_every and done % run.save_every == 0:
+            exported = s.method.export(out / f"step-{done}", dtype=getattr(torch, run.save_dtype))
+            write_adapter(s, out / f"step-{done}", exported)
+            validate(s, out / f"step-{done}" / "validation.png", done)
+        elif run.validation_every and done % run.validation_every == 0:
+            validate(s, out / "validation" / f"step-{done:06d}.png", done)
 
 
 class _Null:
