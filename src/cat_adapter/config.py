@@ -253,10 +253,14 @@ def _validate(self, given: set[str] | None = None) -> "TrainConfig":
           f"must be one word without spaces (got {d.trigger!r})")
     # (a method that makes its own images writes its own captions: the template is not read; a concepts file's
     # entries are checked when it is read)
-    clash = None if d.concepts else trigger_class_clash(d.trigger, d.class_noun)
+    from cat_adapter.data.concepts import kohya_folders
+
+    # kohya's layout (``--data img/`` of ``10_sks teapot`` folders) names each concept's trigger and class itself
+    layout = bool(d.concepts) or (spec.needs_data and bool(kohya_folders(d.data)))
+    clash = None if layout else trigger_class_clash(d.trigger, d.class_noun)
     check(clash is None, "--trigger", f"{d.trigger!r} and --class-noun {d.class_noun!r} must differ: {clash}; choose a "
           "trigger that is no word of the class (a rare token such as zwx)")
-    needs_class = not d.concepts and (("{class_noun}" in d.caption_template and spec.needs_data)
+    needs_class = not layout and (("{class_noun}" in d.caption_template and spec.needs_data)
                                       or d.preserve_prompt == "class")
     check(not needs_class or bool(d.class_noun), "--class-noun",
           "is required by the caption template and by --preserve-prompt class")

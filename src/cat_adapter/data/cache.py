@@ -255,12 +255,13 @@ class StreamSampler:
     With several concepts and ``balance="uniform"`` an image of concept c weighs 1 / (images of c): each row
     draws a concept (within the step's bucket, in proportion to those weights), then the next image of that
     concept's own permutation, so every concept is drawn equally often whatever its number of images.
-    ``by-images`` draws images as if they were one concept.
+    ``by-images`` draws images as if they were one concept. ``repeats`` (kohya's folder layout, one per concept)
+    replaces the balance: an image of concept c weighs ``repeats[c]``, as kohya's ``10_sks teapot`` folders do.
     """
 
     def __init__(self, cache: TrainingCache, *, batch_size: int, objective, seed: int, pool_size: int = 0,
                  num_processes: int = 1, process_index: int = 0, caption_dropout: float = 0.0,
-                 preserve_fraction: float = 1.0, balance: str = "uniform"):
+                 preserve_fraction: float = 1.0, balance: str = "uniform", repeats: list[int] | None = None):
         self.cache = cache
         self.caption_dropout = float(caption_dropout)
         self.preserve_fraction = float(preserve_fraction)
@@ -279,14 +280,16 @@ class StreamSampler:
         inst = cache.instance
         concept_of = inst.concept_of or [0] * len(inst)
         n_concepts = max(concept_of) + 1
-        split = balance == "uniform" and n_concepts > 1
+        split = (balance == "uniform" or repeats is not None) and n_concepts > 1
         per_concept = [concept_of.count(k) for k in range(n_concepts)]
+        # each image's weight: 1 / (its concept's images) under uniform, its concept's repeats under kohya's layout
+        image_weight = [float(repeats[k]) if repeats is not None else 1.0 / per_concept[k] for k in range(n_concepts)]
         # bucket -> [(stream name, the bucket's latents it draws from, weight)]
         self.groups: dict[Size, list[tuple[str, list[int], float]]] = {}
         for b in self.buckets:
             members = inst.members[b]
             if split:
-                self.groups[b] = [(self._key("instance", b, k), local, len(local) / per_concept[k])
+                self.groups[b] = [(self._key("instance", b, k), local, len(local) * image_weight[k])
                                   for k in range(n_concepts)
                                   if (local := [j for j, i in enumerate(members) if concept_of[i] == k])]
             else:

@@ -11,6 +11,7 @@ that names two concepts preserves the prompt with neither.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class ConceptSpec:
     class_noun: str | None
     caption_template: str
     preserve_pool: str | None = None
+    repeats: int | None = None      # kohya's folder layout (``10_sks teapot``): its images weigh this much
 
     def record(self, preserve_prompt: str) -> dict:
         """The concept as adapter.json lists it."""
@@ -36,7 +38,51 @@ class ConceptSpec:
                 "preserve_prompt": preserve_prompt, "caption_template": self.caption_template}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "repeats" or v is not None}
+
+
+KOHYA_FOLDER = re.compile(r"^(\d+)_(\S.*)$")
+
+
+def kohya_folders(folder: str | Path | None) -> list[tuple[int, str, Path]]:
+    """kohya sd-scripts' dataset layout: ``folder`` holds ``<repeats>_<trigger> <class>`` subfolders (and no images of
+    its own); [(repeats, "trigger class", subfolder)] sorted by name, or [] for any other folder."""
+    from cat_adapter.data.concept import IMAGE_SUFFIXES
+
+    p = Path(folder).expanduser() if folder else None
+    if p is None or not p.is_dir():
+        return []
+    if any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir()):
+        return []
+    found = [(int(m.group(1)), m.group(2).strip(), s) for s in sorted(p.iterdir())
+             if s.is_dir() and (m := KOHYA_FOLDER.match(s.name))]
+    return found
+
+
+def kohya_specs(d, found: list[tuple[int, str, Path]]) -> list[ConceptSpec]:
+    """One concept per ``<repeats>_<trigger> <class>`` subfolder: the trigger and class from its name (a given
+    --trigger or --class-noun must match them), its images weighted by its repeats."""
+    specs = []
+    for repeats, name, sub in found:
+        words = name.split()
+        trigger, noun = words[0], " ".join(words[1:]) or None
+        where = f"--data {d.data}: folder {sub.name!r}"
+        if repeats < 1:
+            raise CatAdapterError(f"{where}: repeats must be >= 1 (the number before the underscore)")
+        if d.trigger != "sks" and d.trigger != trigger:   # sks: --trigger's default, the folder names the trigger
+            raise CatAdapterError(f"{where} names the trigger {trigger!r}, but --trigger is {d.trigger!r}; leave "
+                                  "--trigger out (the folder name gives it) or rename the folder")
+        if d.class_noun and noun and d.class_noun != noun:
+            raise CatAdapterError(f"{where} names the class {noun!r}, but --class-noun is {d.class_noun!r}; leave "
+                                  "--class-noun out or rename the folder")
+        noun = noun or d.class_noun
+        clash = trigger_class_clash(trigger, noun)
+        if clash:
+            raise CatAdapterError(f"{where}: trigger and class must differ: {clash}")
+        specs.append(ConceptSpec(re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name), str(sub.resolve()), trigger, noun,
+                                 d.caption_template, None, repeats))
+    check_concepts(specs, f"--data {d.data}", d.preserve_prompt)
+    return specs
 
 
 def read_concepts_file(path: str | Path, *, default_template: str, preserve_prompt: str = "remove"
@@ -80,6 +126,9 @@ def concept_specs(d) -> list[ConceptSpec]:
     """The run's concepts: the ``--concepts`` file, or the one concept of ``--data/--trigger/--class-noun``."""
     if d.concepts:
         return read_concepts_file(d.concepts, default_template=d.caption_template, preserve_prompt=d.preserve_prompt)
+    found = kohya_folders(d.data)
+    if found:
+        return kohya_specs(d, found)
     return [ConceptSpec(Path(d.data).name, d.data, d.trigger, d.class_noun, d.caption_template)]
 
 

@@ -156,6 +156,11 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ConceptItem], dict, list[Concep
     the terms' inputs and the concepts (read once: the run records what it read)."""
     d = cfg.data
     specs = concept_specs(d)
+    spec = registry.get_spec(cfg.method.method)
+    if len(specs) > 1 and not spec.multi_concept:
+        several = " and ".join(n for n in registry.method_names() if registry.get_spec(n).multi_concept)
+        raise CatAdapterError(f"--data {d.data}: {len(specs)} concept folders ({', '.join(c.name for c in specs)}); "
+                              f"several concepts in one adapter train with --method {several}")
     items = [it for group in load_concepts(specs, missing_trigger=d.caption_missing_trigger,
                                            preserve_prompt=d.preserve_prompt) for it in group]
     inputs: dict = {}
@@ -218,7 +223,7 @@ def prepare_output(cfg: TrainConfig, items: list[ConceptItem], specs: list[Conce
             write_json_atomic(out / "prompts.json", [{"image": it.image_path.name, "concept": specs[it.concept].name,
                                                       "caption": it.caption, "plain": it.plain,
                                                       "caption_source": it.caption_source} for it in items])
-            if cfg.data.concepts:  # the concepts as this run read them (absolute folders)
+            if cfg.data.concepts or len(specs) > 1:  # the concepts as this run read them (absolute folders)
                 write_text_atomic(out / "concepts.yaml", yaml.safe_dump({"concepts": [c.to_dict() for c in specs]},
                                                                         sort_keys=False))
             write_text_atomic(out / "log.jsonl", "")
@@ -285,7 +290,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     objective = model.objective.configured(o)   # this run's copy (--noise-offset, --weighting-scheme), not the
     method.objective = objective                 # (possibly shared) model's; the loss terms' per-row weights
     stream = {k: v for t in term_classes(cfg) for k, v in t.stream_options(cfg).items()}   # what the terms read
-    sampler = StreamSampler(cache, batch_size=o.batch_size, objective=objective, seed=run.seed,
+    repeats = [c.repeats for c in specs] if all(c.repeats is not None for c in specs) else None   # kohya's layout
+    sampler = StreamSampler(cache, batch_size=o.batch_size, objective=objective, seed=run.seed, repeats=repeats,
                             caption_dropout=d.caption_dropout, balance=d.concept_balance,
                             num_processes=accelerator.num_processes, process_index=accelerator.process_index,
                             **stream)
