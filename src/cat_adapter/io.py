@@ -69,6 +69,39 @@ def user_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """One line, before anything expensive, when ``folder`` (or the nearest folder above it that exists, where it
+    will be made) cannot be written: a read-only disk, missing permissions."""
+    from cat_adapter.errors import CatAdapterError
+
+    p = Path(folder).expanduser().absolute()
+    probe_dir = p
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise CatAdapterError(f"{option} {folder}: {probe_dir} is a file; give a folder path")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".cat-adapter-write-check.", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise CatAdapterError(f"{option} {folder}: cannot write in {probe_dir} ({exc.strerror}); choose a writable "
+                              "folder") from None
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str, option: str = "--output") -> None:
+    """One line when the disk of ``folder`` has less than ``needed`` bytes free for ``what``."""
+    from cat_adapter.errors import CatAdapterError
+
+    p = Path(folder).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    if free < needed:
+        raise CatAdapterError(f"{option} {folder}: this run writes about {needed / 2**20:.1f} MB ({what}) and its disk "
+                              f"has {free / 2**20:.1f} MB free; free some space or choose another folder")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -181,7 +214,12 @@ def output_lock(output: str | os.PathLike, command: str, option: str = "--output
 
     lock = lock_path(output)
     stale = _stale_holder(lock)
-    if not acquire(lock, command=command):
+    try:
+        got = acquire(lock, command=command)
+    except OSError as exc:
+        raise CatAdapterError(f"{option} {output}: cannot write its lock {lock} ({exc.strerror}); choose a writable "
+                              "folder") from None
+    if not got:
         holder = _holder(lock)
         since = datetime.datetime.fromtimestamp(holder.get("since", 0)).isoformat(timespec="seconds")
         raise CatAdapterError(f"{option} {output}: in use by another run ({holder.get('command', 'cat-adapter')}, pid "

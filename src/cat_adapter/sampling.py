@@ -145,6 +145,9 @@ class SampleOptions:
               "folder is not empty; pass --overwrite to replace its images")
         if self.adapter and self.adapter.strip().lower() == "none":
             self.adapter = None
+        from cat_adapter.io import check_writable
+
+        check_writable(out, "--output")   # before the model loads and the images are made
         return self
 
 

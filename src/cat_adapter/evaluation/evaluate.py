@@ -88,6 +88,9 @@ class EvalOptions:
               f"must be one of {', '.join(PRESERVE_MODES)}")
         check(self.guidance_scale is None or math.isfinite(self.guidance_scale), "--guidance-scale",
               f"must be a finite number (got {self.guidance_scale})")
+        from cat_adapter.io import check_writable
+
+        check_writable(self.output, "--output")   # before the models load and the images are made
         return self
 
 

@@ -6,6 +6,7 @@ train, which loss terms run and what is exported all come from the method the re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -30,7 +31,8 @@ from cat_adapter.data.concepts import ConceptSpec, concept_specs, load_concepts,
 from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.io import check_output_folder, output_lock, write_json_atomic, write_text_atomic
+from cat_adapter.io import (check_free_space, check_output_folder, check_writable, output_lock, write_json_atomic,
+                            write_text_atomic)
 from cat_adapter.methods import registry
 from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
@@ -44,6 +46,7 @@ MIXED = {k: getattr(torch, v) for k, v in MIXED_PRECISION.items()}   # --mixed-p
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)   # a write the disk refused
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Session:
     tracking: bool = False           # --report-to: trackers were started
     concepts: list = None            # the run's ConceptSpecs (--concepts, or the one of --data)
     cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
+    reached: int = 0                 # the last step trained (for the messages of an interrupted run)
 
 
 def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
@@ -80,9 +84,30 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     instead of its initialisation."""
     if registry.get_spec(cfg.method.method).runner is not None:
         raise CatAdapterError(f"--method {cfg.method.method} is run by its own runner: call cat_adapter.runners.train")
+    preflight(cfg)
     # the output folder is this run's for its whole life (one lock per launch: the main process takes it)
     with output_lock(cfg.run.output, "cat-adapter train") if main_launch_process() else nullcontext():
         return _train_loop(cfg, progress=progress, accelerator=accelerator, init_state=init_state)
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Before anything expensive: every folder the run writes is writable (a read-only or missing disk is one line)."""
+    check_writable(cfg.run.output, "--output")
+    sections = registry.get_spec(cfg.method.method).sections
+    for option, folder in (("--cache-dir", cfg.run.cache_dir),
+                           ("--class-data", cfg.prior.class_data if "prior" in sections else None)):
+        if folder:
+            check_writable(folder, option)
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """The errno of a write the disk refused: an OSError's, or the one safetensors' Rust writer quotes."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in DISK_ERRORS else None
+    m = re.search(r"os error (\d+)", str(exc))
+    return int(m.group(1)) if m and int(m.group(1)) in DISK_ERRORS else None
 
 
 def main_launch_process() -> bool:
@@ -128,10 +153,15 @@ def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) ->
         s.tracking = trackers.start(accelerator, cfg)
         if checkpoints:
             resume(s, checkpoints[-1])
-        run_loop(s, progress=progress)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            finish(s, t0)
+        try:
+            run_loop(s, progress=progress)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                finish(s, t0)
+        except Exception as exc:
+            if disk_errno(exc) is None:
+                raise
+            raise CatAdapterError(disk_error(s, exc)) from None   # a full or read-only disk mid-run: one line
         accelerator.wait_for_everyone()
         if owned:
             accelerator.end_training()
@@ -280,6 +310,7 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel(method.parameters(), decay=o.ema_decay)
+    check_free_space(run.output, written_bytes(cfg, method), "weights, snapshots and checkpoints")
     optimizer = optimizers.build(o, method.param_groups(o))
     lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=o.steps * accelerator.num_processes)
@@ -299,6 +330,21 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
+
+
+def written_bytes(cfg: TrainConfig, method: Method) -> int:
+    """What the run will write, estimated from its trained parameters: the final export (and EMA's), each
+    --save-every snapshot, and each checkpoint kept (trained state, two optimizer moments, the export), plus 1 MB for
+    logs and configs. Validation grids and the latent cache are not counted."""
+    params = sum(p.numel() for p in method.parameters())
+    r, steps = cfg.run, cfg.optim.steps
+    export = params * torch.finfo(getattr(torch, r.save_dtype)).bits // 8
+    exports = 1 + (cfg.optim.ema_decay is not None) + (steps // r.save_every if r.save_every else 0)
+    checkpoints = 0
+    if r.checkpoint_every:
+        checkpoints = steps // r.checkpoint_every + 1
+        checkpoints = min(checkpoints, r.checkpoints_limit + 1) if r.checkpoints_limit else checkpoints
+    return exports * export + checkpoints * (params * 12 + export) + 2**20
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
@@ -390,6 +436,7 @@ def resume(s: Session, path: Path) -> None:
         acc.scaler.load_state_dict(ckpt["grad_scaler"])
     restore_rng(ckpt["rng"])
     s.start, s.last_checkpoint = ckpt["step"], path
+    s.reached = s.start
     if acc.is_main_process:
         log_path = Path(s.cfg.run.output) / "log.jsonl"
         kept = [ln for ln in (log_path.read_text().splitlines() if log_path.is_file() else [])
@@ -486,6 +533,18 @@ def run_loop(s: Session, *, progress: bool) -> None:
         raise
 
 
+def disk_error(s: Session, exc: BaseException) -> str:
+    """A write that failed mid-run: what was lost, what is kept, how to go on."""
+    import os
+
+    out = Path(s.cfg.run.output)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    return (f"--output {out}: cannot write{where}: {os.strerror(disk_errno(exc))}; the weights trained in memory up "
+            f"to step "
+            f"{s.reached} could not be written there; {resume_note(s)} once there is room")
+
+
 def resume_note(s: Session) -> str:
     """The last complete checkpoint and the exact command that continues from it (or that there is none)."""
     out = Path(s.cfg.run.output).resolve()
@@ -504,7 +563,7 @@ def _steps(s: Session, bar, log_file) -> None:
         before = s.method.term_logs()   # what this step trains with (CAT's alpha)
         s.method.step = step
         terms = train_step(s)
-        done = step + 1
+        done = s.reached = step + 1
         if not math.isfinite(terms["loss"]):
             raise CatAdapterError(
                 f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
