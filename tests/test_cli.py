@@ -130,3 +130,23 @@ def test_sample_bad_input(args, needle, capsys, tmp_path, monkeypatch):
     assert code == 2 and needle in err and len(err.splitlines()) == 1
 
 
+
+
+def test_sample_writes_its_parameters_into_each_png_and_samples_json(tiny_model, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from cat_adapter.cli.main import main
+
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(tiny_model), "--prompt", "a circle", "--prompt", "a square", "--num-images",
+                 "2", "--seed", "5", "--steps", "2", "--guidance-scale", "3", "--negative-prompt", "blurry",
+                 "--output", str(out)]) == 0
+    records = json.loads((out / "samples.json").read_text())
+    assert [(r["image"], r["prompt"], r["seed"]) for r in records] == [
+        ("00-seed5.png", "a circle", 5), ("00-seed6.png", "a circle", 6), ("01-seed5.png", "a square", 5),
+        ("01-seed6.png", "a square", 6)]
+    text = Image.open(out / "01-seed6.png").text["parameters"]
+    assert text.splitlines()[:2] == ["a square", "Negative prompt: blurry"]
+    assert "Steps: 2, CFG scale: 3.0, Seed: 6, Size: 16x16" in text and "Adapter: none" in text

@@ -131,3 +131,15 @@ def test_orphan_caption_is_named_in_a_warning(tmp_path, caplog):
     assert [it.caption for it in items] == ["a sks circle"]
     assert any("b.txt" in r.getMessage() and "no image" in r.getMessage() for r in caplog.records)
     assert not any("a.txt" in r.getMessage() for r in caplog.records)
+
+
+def test_images_smaller_than_the_resolution_are_named_in_a_warning(tmp_path, caplog):
+    from cat_adapter.data.concept import load_concept
+    from cat_adapter.testing.tiny import write_shape_concept
+    from cat_adapter.training.loop import warn_small_images
+
+    items = load_concept(write_shape_concept(tmp_path / "c", n=2, size=16), trigger="sks", class_noun="circle")
+    with caplog.at_level("WARNING"):
+        assert warn_small_images(items, 32) == ["00.png (16x16)", "01.png (16x16)"]
+    assert "2 of 2 training images are smaller than --resolution 32 and will be upscaled" in caplog.text
+    assert warn_small_images(items, 16) == [] and warn_small_images(items, 16, buckets=True) == []

@@ -190,3 +190,20 @@ def test_resume_a_finished_run_with_more_steps(tiny_model, concept_dir, tmp_path
     wa = load_file(str(longer / "pytorch_lora_weights.safetensors"))
     wb = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # 4 + 2 steps == 6 steps (constant LR)
+
+
+def test_the_run_says_what_it_does_and_done_json_holds_true_times(tiny_model, concept_dir, tmp_path, capsys):
+    import json
+
+    from cat_adapter.cli.main import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--model", str(tiny_model), "--data", str(concept_dir), "--class-noun", "circle", "--steps",
+                 "8", "--validation-prompt", "a photo of sks circle", "--validation-every", "4", "--validation-steps",
+                 "2", "--cpu", "--no-progress", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "cat on a sd model: 4 images (4 captioned by .txt files, 0 by the caption template) of sks circle; 8 steps" \
+           in printed and "for the remaining 3 steps" in printed
+    done = json.loads((out / "done.json").read_text())
+    assert done["validation_seconds"] > 0 and done["steps_seconds"] > 0
+    assert done["seconds"] >= done["validation_seconds"] + done["steps_seconds"]

@@ -174,7 +174,9 @@ def add_field(group, f: dataclasses.Field, typ: Any, *, extra_default: str = "",
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
         name = (meta.get("flag") or f.name).lstrip("-").replace("-", "_")
-        kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}" if meta.get("choices") else name.upper()
+        number_or_word = set(get_args(typ)) == {float, str}   # --cat-alpha 1.0 | auto
+        choices = (("NUMBER",) if number_or_word else ()) + tuple(meta.get("choices") or ())
+        kwargs["metavar"] = "{" + ",".join(choices) + "}" if meta.get("choices") else name.upper()
         if meta.get("append"):
             kwargs["action"] = "append"
     if argparse_required and meta.get("required"):

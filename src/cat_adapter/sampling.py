@@ -95,11 +95,30 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "..."
 
 
-def save_image(img: Image.Image, path: str | Path) -> Path:
+def save_image(img: Image.Image, path: str | Path, *, parameters: str | None = None) -> Path:
+    """A PNG written atomically; ``parameters``: the text chunk A1111 and ComfyUI users read (how it was made)."""
+    from PIL.PngImagePlugin import PngInfo
+
     path = Path(path)
+    info = None
+    if parameters is not None:
+        info = PngInfo()
+        info.add_text("parameters", parameters)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
     return path
+
+
+def parameters_text(prompt: str, *, negative_prompt: str | None, steps: int, guidance: float, seed: int, size: tuple,
+                    model: str, adapter: str | None, lora_scale: float | None) -> str:
+    """A1111's ``parameters`` layout: the prompt, a negative-prompt line, then ``key: value`` pairs."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = [("Steps", steps), ("CFG scale", guidance), ("Seed", seed), ("Size", f"{size[0]}x{size[1]}"),
+             ("Model", model), ("Adapter", adapter or "none")] + ([("Lora scale", lora_scale)] if adapter else [])
+    lines.append(", ".join(f"{k}: {v}" for k, v in pairs) + ", Generator: cat-adapter")
+    return "\n".join(lines)
 
 
 def pick_device(cpu: bool = False) -> torch.device:
@@ -180,10 +199,21 @@ def _sample_to_folder(o: SampleOptions) -> list[Path]:
         for old in list(output.glob("*-seed*.png")) + [output / "grid.png"]:
             old.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
-    files = []
+    files, records = [], []
+    guidance = m.default_guidance if o.guidance_scale is None else o.guidance_scale
     for k, img in enumerate(images):
         i, s = divmod(k, o.num_images)
-        files.append(save_image(img, output / f"{i:02d}-seed{seeds[s]}.png"))
+        text = parameters_text(o.prompts[i], negative_prompt=o.negative_prompt, steps=o.steps, guidance=guidance,
+                               seed=seeds[s], size=img.size, model=o.model, adapter=o.adapter,
+                               lora_scale=o.lora_scale if o.adapter else None)
+        files.append(save_image(img, output / f"{i:02d}-seed{seeds[s]}.png", parameters=text))
+        records.append({"image": files[-1].name, "prompt": o.prompts[i], "negative_prompt": o.negative_prompt,
+                        "seed": seeds[s], "steps": o.steps, "guidance_scale": guidance, "width": img.size[0],
+                        "height": img.size[1], "model": o.model, "adapter": o.adapter,
+                        "lora_scale": o.lora_scale if o.adapter else None})
+    from cat_adapter.io import write_json_atomic
+
+    write_json_atomic(output / "samples.json", records)
     rows = [images[i * o.num_images:(i + 1) * o.num_images] for i in range(len(o.prompts))]
     files.append(save_image(make_grid(rows, row_labels=o.prompts, col_labels=[f"seed {s}" for s in seeds]),
                             output / "grid.png"))

@@ -46,6 +46,7 @@ MIXED = {k: getattr(torch, v) for k, v in MIXED_PRECISION.items()}   # --mixed-p
 # Schedules whose learning rate at a step does not depend on --steps (so --resume may change --steps).
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
+ESTIMATE_AFTER = 5   # steps after which the remaining time is estimated
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)   # a write the disk refused
 
 
@@ -65,11 +66,14 @@ class Session:
     last_checkpoint: Path | None = None
     model_mb: float | None = None    # memory in use once the frozen model is loaded (the profile's baseline)
     generation_s: float = 0.0        # seconds the terms' prepare hooks took (DreamBooth's class images)
+    validation_s: float = 0.0        # seconds spent on validation grids
     ema: Any = None                  # diffusers' EMAModel over the method's parameters (--ema-decay)
     tracking: bool = False           # --report-to: trackers were started
     concepts: list = None            # the run's ConceptSpecs (--concepts, or the one of --data)
     cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
     reached: int = 0                 # the last step trained (for the messages of an interrupted run)
+    loop_t0: float = 0.0             # when the first step of this process started (the time estimate)
+    progress: bool = True            # a progress bar is shown (else the time estimate is printed)
 
 
 def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
@@ -277,6 +281,8 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     model_mb = memory.current_mb()
     cfg = with_resolution(cfg, model, accelerator)   # OUT/config.yaml keeps what was asked (prepare_folder's cfg)
     d = cfg.data
+    warn_small_images(items, d.resolution, buckets=d.buckets)
+    accelerator.print(startup_summary(cfg, items, specs, model, accelerator))
     buckets = training_buckets(cfg, model)  # checked before anything is written
     check_model_options(cfg, model)
     if prepare_folder is not None:
@@ -345,6 +351,36 @@ def written_bytes(cfg: TrainConfig, method: Method) -> int:
         checkpoints = steps // r.checkpoint_every + 1
         checkpoints = min(checkpoints, r.checkpoints_limit + 1) if r.checkpoints_limit else checkpoints
     return exports * export + checkpoints * (params * 12 + export) + 2**20
+
+
+def startup_summary(cfg: TrainConfig, items: list[ConceptItem], specs: list[ConceptSpec], model, accelerator) -> str:
+    """What the run is about to do, in one line: images and their captions, concepts, device and dtype, steps."""
+    from_txt = sum(1 for it in items if it.caption_source != "template")
+    o, r = cfg.optim, cfg.run
+    concepts = ", ".join(f"{c.trigger} {c.class_noun or ''}".strip() for c in specs)
+    quant = f", base {cfg.model.quantize_base}" if cfg.model.quantize_base != "none" else ""
+    return (f"{cfg.method.method} on a {model.family} model: {len(items)} images ({from_txt} captioned by .txt files, "
+            f"{len(items) - from_txt} by the caption template) of {concepts}; {o.steps} steps of batch "
+            f"{o.batch_size} x {o.gradient_accumulation_steps} x {accelerator.num_processes} process(es) on "
+            f"{accelerator.device.type}, mixed precision {r.mixed_precision}{quant}")
+
+
+def warn_small_images(items: list[ConceptItem], resolution: int, *, buckets: bool = False) -> list[str]:
+    """A warning naming the training images that will be upscaled: a shorter side below --resolution (with
+    --buckets: an area below --resolution squared). Upscaled images train the model on their blur."""
+    from PIL import Image
+
+    small = []
+    for it in items:
+        with Image.open(it.image_path) as img:   # the header only
+            w, h = img.size
+        if (w * h < resolution * resolution) if buckets else (min(w, h) < resolution):
+            small.append(f"{it.image_path.name} ({w}x{h})")
+    if small:
+        log.warning("%d of %d training images are smaller than --resolution %d and will be upscaled: %s%s; give larger "
+                    "images or a lower --resolution", len(small), len(items), resolution, ", ".join(small[:5]),
+                    ", ..." if len(small) > 5 else "")
+    return small
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
@@ -450,12 +486,14 @@ def validate(s: Session, path: Path, step: int) -> None:
     run, d = s.cfg.run, s.cfg.data
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
+    t0 = time.perf_counter()
     with s.model.onloaded():   # the VAE and text encoders offloaded after caching come back for the grid
         validation_grid(s.method, prompt_trigger=run.validation_prompt,
                         prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
                         num_images=run.validation_images, steps=run.validation_steps,
                         guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
                         autocast=s.accelerator.autocast())
+    s.validation_s += time.perf_counter() - t0
     if s.tracking:
         trackers.log_image(s.accelerator, path, step)
 
@@ -525,6 +563,7 @@ def run_loop(s: Session, *, progress: bool) -> None:
     steps, out = s.cfg.optim.steps, Path(s.cfg.run.output)
     bar = tqdm(range(s.start, steps), initial=s.start, total=steps, desc=s.cfg.method.method,
                disable=not (progress and main), dynamic_ncols=True)
+    s.loop_t0, s.progress = time.perf_counter(), progress
     try:
         with (out / "log.jsonl").open("a") if main else _Null() as log_file:
             _steps(s, bar, log_file)
@@ -564,6 +603,14 @@ def _steps(s: Session, bar, log_file) -> None:
         s.method.step = step
         terms = train_step(s)
         done = s.reached = step + 1
+        if done == s.start + ESTIMATE_AFTER and main and done < steps:   # the bar shows it; a log line says it too
+            log.info("about %.0f s for the remaining %d steps (%.3f s per step so far)",
+                     (time.perf_counter() - s.loop_t0) / ESTIMATE_AFTER * (steps - done), steps - done,
+                     (time.perf_counter() - s.loop_t0) / ESTIMATE_AFTER)
+            if not s.progress:
+                left = (time.perf_counter() - s.loop_t0) / ESTIMATE_AFTER * (steps - done)
+                print(f"about {f'{left:.0f} s' if left < 90 else f'{left / 60:.1f} min'} for the remaining "
+                      f"{steps - done} steps", flush=True)
         if not math.isfinite(terms["loss"]):
             raise CatAdapterError(
                 f"non-finite loss ({terms['loss']}) at step {done}; stopped before updating the weights. Last good "
@@ -636,6 +683,7 @@ def finish(s: Session, t0: float) -> None:
         "seconds": round(time.perf_counter() - t0, 2), "peak_memory_mb": memory.rounded(peak),
         "peak_memory_above_model_mb": memory.rounded(None if peak is None or s.model_mb is None else peak - s.model_mb),
         "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
-        "generation_seconds": round(s.generation_s, 2), "files": files, "adapter": "adapter.json",
+        "generation_seconds": round(s.generation_s, 2), "validation_seconds": round(s.validation_s, 2),
+        "steps_seconds": round(sum(step_s), 2), "files": files, "adapter": "adapter.json",
         "ema_adapter": "ema/adapter.json" if s.ema is not None else None, "cache": s.cache_stats,
         "steps": s.cfg.optim.steps, "resolution": s.cfg.data.resolution})
