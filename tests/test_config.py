@@ -118,3 +118,18 @@ def test_every_file_a_run_writes_has_the_users_mode(tiny_model, concept_dir, tmp
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*")}
     assert any(name.endswith("pytorch_lora_weights.safetensors") for name in modes)
     assert {n: m for n, m in modes.items() if m != (0o755 if (out / n).is_dir() else 0o644)} == {}
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    """One rule for every YAML file (config, plan, concepts): relative to the file's folder, wherever the command
+    runs; words and aliases stay."""
+    from cat_adapter.config import load_config_file
+
+    folder = tmp_path / "project"
+    (folder / "concept").mkdir(parents=True)
+    (folder / "run.yaml").write_text("model: toy\ndata: concept\noutput: out\ncache_dir: cache\npreserve_pool: auto\n")
+    monkeypatch.chdir(tmp_path)
+    values = load_config_file(folder / "run.yaml")
+    assert values["data"] == str(folder / "concept") and values["output"] == str(folder / "out")
+    assert values["cache_dir"] == str(folder / "cache")
+    assert values["model"] == "toy" and values["preserve_pool"] == "auto"

@@ -354,13 +354,17 @@ def _flatten(raw: dict[str, Any], source: str) -> dict[str, Any]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     from cat_adapter.io import read_yaml
 
+    from cat_adapter.options import rebase_path
+
     path = Path(path)
     raw = read_yaml(path, f"--config {path}")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise CatAdapterError(f"--config {path}: expected a mapping of option names to values")
-    return _flatten(raw, f"--config {path}")
+    kinds = path_fields(TrainConfig)   # relative paths are relative to the file, as in plans and concepts files
+    root = path.expanduser().resolve().parent
+    return {k: rebase_path(root, k, v, kinds) for k, v in _flatten(raw, f"--config {path}").items()}
 
 
 def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None, *,

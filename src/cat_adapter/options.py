@@ -77,6 +77,18 @@ def path_fields(cls: type) -> dict[str, str]:
     return out
 
 
+def rebase_path(root, key: str, value: Any, kinds: dict[str, str]) -> Any:
+    """The one rule for relative paths in a YAML file (a --config file, a compare plan, a concepts file): relative to
+    the file's folder ``root``. A folder the run writes (``out``) always; a file or folder it reads (``in``) where it
+    exists there, so aliases such as 'toy', hub ids and words such as 'auto' or 'concept' stay as they are."""
+    from pathlib import Path
+
+    if key not in kinds or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    candidate = Path(root) / value
+    return str(candidate) if kinds[key] == "out" or candidate.exists() else value
+
+
 # --------------------------------------------------------------------------------------------
 # Coercion of values from YAML or the command line into the field's type.
 # --------------------------------------------------------------------------------------------

@@ -140,13 +140,10 @@ def _path(root: Path, value: Any, source: str, key: str) -> Path:
 
 
 def _resolve_option_path(root: Path, key: str, value: Any, kinds: dict[str, str]) -> Any:
-    """Relative paths of path options (``kinds``: the fields' path marks) are relative to the plan file: a folder
-    the jobs write (``out``) always, a file or folder they read (``in``) where it exists there (aliases such as
-    'toy', hub ids and words such as 'auto' or 'concept' stay)."""
-    if key not in kinds or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
-        return value
-    candidate = root / value
-    return str(candidate) if kinds[key] == "out" or candidate.exists() else value
+    """Relative paths of path options are relative to the plan file (``options.rebase_path``, the one rule)."""
+    from cat_adapter.options import rebase_path
+
+    return rebase_path(root, key, value, kinds)
 
 
 def _train_paths() -> dict[str, str]:
