@@ -150,3 +150,16 @@ def test_sample_writes_its_parameters_into_each_png_and_samples_json(tiny_model,
     text = Image.open(out / "01-seed6.png").text["parameters"]
     assert text.splitlines()[:2] == ["a square", "Negative prompt: blurry"]
     assert "Steps: 2, CFG scale: 3.0, Seed: 6, Size: 16x16" in text and "Adapter: none" in text
+
+
+def test_an_unreadable_single_file_gets_the_hint_that_fits(tiny_model, tmp_path, capsys):
+    from cat_adapter.cli.main import main
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(bytes(range(256)) * 20)
+    for extra, hint in (([], "pass --single-file-config"),
+                        (["--single-file-config", str(tiny_model)], "of the architecture of --single-file-config")):
+        assert main(["sample", "--model", str(bad), "--prompt", "x", "--output", str(tmp_path / "s"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot load single-file checkpoint" in err[0] and hint in err[0]
+        assert not (tmp_path / "s").exists()

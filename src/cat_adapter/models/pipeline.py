@@ -89,9 +89,11 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
         try:
             pipe = pipeline_cls.from_single_file(str(path), **kwargs)
         except Exception as exc:  # diffusers raises many types here; all mean "cannot convert this file"
-            raise CatAdapterError(
-                f"{option} {model}: cannot load single-file checkpoint ({first_line(exc)}); offline, pass "
-                "--single-file-config with a diffusers folder of the same architecture") from None
+            hint = (f"is it a whole {pipeline_class} checkpoint of the architecture of --single-file-config "
+                    f"{single_file_config}?" if single_file_config else
+                    "offline, pass --single-file-config with a diffusers folder of the same architecture")
+            raise CatAdapterError(f"{option} {model}: cannot load single-file checkpoint ({first_line(exc)}); "
+                                  f"{hint}") from None
     elif is_hub_id(model):
         try:
             pipe = pipeline_cls.from_pretrained(
