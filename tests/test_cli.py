@@ -163,3 +163,17 @@ def test_an_unreadable_single_file_gets_the_hint_that_fits(tiny_model, tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "cannot load single-file checkpoint" in err[0] and hint in err[0]
         assert not (tmp_path / "s").exists()
+
+
+def test_a_hub_id_that_cannot_be_loaded_is_one_whole_line(tmp_path, capsys):
+    """Offline here (conftest sets HF_HUB_OFFLINE): one line, the library's reason whole (not cut with '...'), and
+    huggingface_hub's own log lines are not passed on to a second handler (each would print twice)."""
+    import logging
+
+    from cat_adapter.cli.main import main
+
+    assert main(["sample", "--model", "someorg/does-not-exist", "--prompt", "x", "--output", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load from the hub (" in err[0] and "...)" not in err[0]
+    assert err[0].endswith("check the id, the network and HF_TOKEN, or pass a local diffusers folder")
+    assert logging.getLogger("huggingface_hub").propagate is False

@@ -46,6 +46,8 @@ def _quiet_libraries(verbose: bool) -> None:
     # registrations it deprecates: nothing a user can act on
     for name in ("diffusers", "transformers", "accelerate", "peft", "huggingface_hub", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # huggingface_hub prints its retries through its own handler; passed on to ours too they would show twice
+    logging.getLogger("huggingface_hub").propagate = False
     try:
         from transformers.utils import logging as tlog
 

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="Train an adapter (CAT, LoRA, DreamBooth, Textual Inversion) on a concept folder.",
                        description="Train a personalization adapter: --method cat (LoRA with the CAT loss, paper "
                        "Eq. 3), lora, dreambooth (full fine-tune with prior preservation) or ti (textual inversion). "
-                       "Defaults are per method (see the method defaults in the README). Every option can also "
+                       "Defaults are per method (docs/methods.md); every option in docs/cli.md. Every option can also "
                        "come from --config FILE.yaml; flags override the file.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="YAML file of options (flat, or in the sections of OUT/config.yaml).")

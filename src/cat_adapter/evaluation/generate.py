@@ -88,7 +88,10 @@ def plan_evaluation(prompts: list[EvalPrompt], references: list[tuple[Path, str]
 
 def render_jobs(model, jobs: list[Job], out_dir: Path, *, adapter=None, steps: int, guidance_scale: float,
                 height: int | None = None, width: int | None = None, batch_size: int = 8) -> None:
-    """Generate every job, batched across prompts and seeds: with the adapter, then in ``adapter.base(model)``."""
+    """Generate every job, batched across prompts and seeds: with the adapter, then in ``adapter.base(model)``. A
+    progress bar per phase on a terminal (none when stderr is not one)."""
+    from tqdm.auto import tqdm
+
     for with_adapter in (True, False):
         todo = [j for j in jobs if j.adapter == with_adapter]
         if not todo:
@@ -96,7 +99,8 @@ def render_jobs(model, jobs: list[Job], out_dir: Path, *, adapter=None, steps: i
         ctx = adapter.base(model) if (adapter is not None and not with_adapter) else nullcontext()
         scale = adapter.lora_scale if (adapter is not None and with_adapter) else None
         chunk = batch_size * 4  # save as we go: memory stays bounded however many images there are
-        with ctx:
+        label = "images, adapted" if with_adapter and adapter is not None else "images, base model"
+        with ctx, tqdm(total=len(todo), desc=label, unit="img", disable=None, leave=False) as bar:
             for i in range(0, len(todo), chunk):
                 part = todo[i:i + chunk]
                 images = generate(model, [j.prompt for j in part], [j.seed for j in part], steps=steps,
@@ -104,6 +108,7 @@ def render_jobs(model, jobs: list[Job], out_dir: Path, *, adapter=None, steps: i
                                   batch_size=batch_size)
                 for j, img in zip(part, images):
                     save_image(img, out_dir / j.path)
+                bar.update(len(part))
 
 
 def copy_references(copies: list[tuple[Path, str]], out_dir: Path) -> None:

@@ -88,8 +88,11 @@ def compute_pairs(specs: list[PairSpec], embedder: ClipEmbedder, *, out_dir: Pat
     paths = list(dict.fromkeys(p for s in specs for p in (s.image, None if s.text else s.reference) if p is not None))
     texts = list(dict.fromkeys(s.reference for s in specs if s.text))
     image_emb: dict[Path, Any] = {}
+    from tqdm.auto import tqdm
+
     step = embedder.batch_size
-    for i in range(0, len(paths), step):  # load images chunk by chunk: memory stays bounded
+    for i in tqdm(range(0, len(paths), step), desc="CLIP embeddings", unit="batch", disable=None, leave=False):
+        # load images chunk by chunk: memory stays bounded
         chunk = paths[i:i + step]
         for p, e in zip(chunk, embedder.embed_images([open_image(p, option) for p in chunk])):
             image_emb[p] = e

@@ -99,7 +99,7 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32, revision: s
             pipe = pipeline_cls.from_pretrained(
                 model, revision=revision, variant=variant, use_safetensors=None if allow_pickle else True, **common)
         except Exception as exc:  # network errors, missing repos, gated repos
-            raise CatAdapterError(f"{option} {model}: cannot load from the hub ({first_line(exc, 160)}); check the "
+            raise CatAdapterError(f"{option} {model}: cannot load from the hub ({first_line(exc, 1000)}); check the "
                                   "id, the network and HF_TOKEN, or pass a local diffusers folder") from None
     else:
         raise CatAdapterError(f"{option} {model}: no such folder or file (and not a hub id of the form org/name)")

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Sampling steps of evaluation images (the toy model's recommendation is 30, toy info).")
     p.add_argument("--methods", nargs="+", default=list(d.methods), metavar="METHOD",
                    help="Methods to train and compare: lora cat cat_pool (the default set, about 4 minutes on 2 "
-                   "cores), dreambooth, ti (toy settings in the README).")
+                   "cores), dreambooth, ti (toy settings: docs/methods.md).")
     p.add_argument("--cpu", action="store_true", help="Run on the CPU even if a GPU is present.")
     p.set_defaults(func=run)
 

@@ -19,7 +19,7 @@ class PreservationOptions:
     preservation_target: float | None = opt(None, "With --cat-alpha auto: the preservation term (MSE between the "
                                             "adapted and frozen predictions on y) to hold training at. Pick it from "
                                             "a --cat-alpha 0 run's loss_preservation: a fifth to a tenth of it keeps "
-                                            "most of CAT's effect (README, constrained CAT).")
+                                            "most of CAT's effect (docs/methods.md, constrained CAT).")
     cat_alpha_init: float = opt(1.0, "With --cat-alpha auto: alpha at step 0.")
     cat_alpha_lr: float = opt(0.05, "With --cat-alpha auto: the dual step size eta; each optimizer step "
                               "alpha <- max(0, alpha + eta * (term - target) / target).")
@@ -32,7 +32,7 @@ class PreservationOptions:
                         "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
     preserve_pool: str | None = opt(None, path="in", help="Text file of extra trigger-free prompts (one per line) that the "
                                     "preservation term also covers (other classes, other attributes); auto: built "
-                                    "from the caption template with other class nouns and attributes (README).")
+                                    "from the caption template with other class nouns and attributes (docs/methods.md).")
     preserve_pool_nouns: str | None = opt(None, path="in", help="With --preserve-pool auto: a file of class nouns (one per line) to "
                                           "swap in, instead of the built-in list (the toy world: its shapes).")
     preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
