@@ -94,6 +94,14 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
         return _train_loop(cfg, progress=progress, accelerator=accelerator, init_state=init_state)
 
 
+def undo_fresh_folder(out: Path, existed: bool) -> None:
+    """Empty a folder this run found new or empty (remove it if the run made it): a refused run writes nothing."""
+    for entry in out.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    if not existed:
+        out.rmdir()
+
+
 def preflight(cfg: TrainConfig) -> None:
     """Before anything expensive: every folder the run writes is writable (a read-only or missing disk is one line)."""
     check_writable(cfg.run.output, "--output")
@@ -152,8 +160,14 @@ def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) ->
     check_mode(cfg.model.quantize_base, device_type=accelerator.device.type)
     try:
         t0 = time.perf_counter()
-        s = setup(cfg, items, inputs, accelerator, specs=specs, init_state=init_state,
-                  prepare_folder=lambda: prepare_output(cfg, items, specs, mode, checkpoints, accelerator))
+        existed = out.exists()
+        try:
+            s = setup(cfg, items, inputs, accelerator, specs=specs, init_state=init_state,
+                      prepare_folder=lambda: prepare_output(cfg, items, specs, mode, checkpoints, accelerator))
+        except CatAdapterError:
+            if mode == "fresh" and accelerator.is_main_process and out.is_dir():   # a refusal after set-up began
+                undo_fresh_folder(out, existed)                                  # (free space) leaves nothing
+            raise
         s.tracking = trackers.start(accelerator, cfg)
         if checkpoints:
             resume(s, checkpoints[-1])
