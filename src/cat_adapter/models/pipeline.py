@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -122,6 +122,25 @@ def is_lokr_file(file: Path) -> bool:
             return any(".lokr_" in k for k in f.keys())
     except Exception:
         return False
+
+
+class UNetLayout:
+    """The latent geometry of a U-Net family (SD, SDXL), a helper such families hold beside ``PipelineFamily``."""
+
+    pipe: Any
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.pipe.vae_scale_factor
+        return self.pipe.unet.config.in_channels, height // f, width // f
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the U-Net's downsampling (64 for SD)."""
+        return int(self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1))
+
+    @property
+    def default_resolution(self) -> int:
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
 
 class PipelineFamily:

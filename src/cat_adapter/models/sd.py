@@ -9,15 +9,10 @@ import torch
 from cat_adapter.diffusion import DDPMObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
-from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.pipeline import PipelineFamily, UNetLayout, load_pipeline
 from cat_adapter.models.text import TextSide, add_token_rows, new_token_names
 
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-def unet_size_multiple(pipe) -> int:
-    """Image sides must be multiples of this: the VAE factor times the U-Net's downsampling (64 for SD)."""
-    return int(pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1))
 
 
 class ClipText(TextSide):
@@ -68,7 +63,7 @@ class ClipText(TextSide):
         self.token_map.update(tokens)
 
 
-class SDModel(PipelineFamily):
+class SDModel(UNetLayout, PipelineFamily):
     """A loaded SD 1.x/2.x pipeline with the calls the trainer, sampler and evaluation need."""
 
     family = "sd"
@@ -90,18 +85,6 @@ class SDModel(PipelineFamily):
         layers, as ``--lora-scale`` does in sampling."""
         kwargs = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
         return self.net()(z_t, t, encoder_hidden_states=cond.hidden, return_dict=False, **kwargs)[0]
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        return self.pipe.unet.config.in_channels, height // f, width // f
-
-    @property
-    def size_multiple(self) -> int:
-        return unet_size_multiple(self.pipe)
-
-    @property
-    def default_resolution(self) -> int:
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
         """A kohya/A1111/ComfyUI-style file (``lora_unet_*.lora_down/lora_up/alpha``)."""

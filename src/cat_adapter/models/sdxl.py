@@ -26,8 +26,7 @@ import torch
 from cat_adapter.diffusion import DDPMObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, first_line, register_family
-from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
-from cat_adapter.models.sd import unet_size_multiple
+from cat_adapter.models.pipeline import PipelineFamily, UNetLayout, load_pipeline
 from cat_adapter.models.text import TextSide, add_token_rows, new_token_names
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -128,7 +127,7 @@ class DualClipText(TextSide):
         self.token_map.update(tokens or {token: token})
 
 
-class SDXLModel(PipelineFamily):
+class SDXLModel(UNetLayout, PipelineFamily):
     """A loaded ``StableDiffusionXLPipeline``."""
 
     family = "sdxl"
@@ -172,17 +171,6 @@ class SDXLModel(PipelineFamily):
         finally:
             vae.to(dtype)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        return self.pipe.unet.config.in_channels, height // f, width // f
-
-    @property
-    def size_multiple(self) -> int:
-        return unet_size_multiple(self.pipe)
-
-    @property
-    def default_resolution(self) -> int:
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
     # ------------------------------------------------------------------------------------ LoRA files
     def save_lora_kohya(self, path: Path, state_dict: dict[str, torch.Tensor], *, alpha: float, rank: int) -> Path:
