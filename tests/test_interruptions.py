@@ -24,7 +24,10 @@ def start(tiny_model, concept_dir, out, *extra):
     return subprocess.Popen([sys.executable, "-m", "cat_adapter.cli.main", "train", "--model", str(tiny_model),
                              "--data", str(concept_dir), "--class-noun", "circle", "--resolution", "16", "--cpu",
                              "--no-progress", "--output", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell starts background jobs with SIGINT ignored, and children inherit that: give the
+                            # run the default disposition, as a terminal's foreground process has (Ctrl-C reaches it)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, proc, timeout=120):
