@@ -220,7 +220,12 @@ def output_lock(output: str | os.PathLike, command: str, option: str = "--output
         raise CatAdapterError(f"{option} {output}: cannot write its lock {lock} ({exc.strerror}); choose a writable "
                               "folder") from None
     if not got:
-        holder = _holder(lock)
+        holder = {}
+        for _ in range(40):   # the holder may have created the file an instant ago and be writing it
+            holder = _holder(lock)
+            if holder:
+                break
+            time.sleep(0.05)
         since = datetime.datetime.fromtimestamp(holder.get("since", 0)).isoformat(timespec="seconds")
         raise CatAdapterError(f"{option} {output}: in use by another run ({holder.get('command', 'cat-adapter')}, pid "
                               f"{holder.get('pid')} on {holder.get('host')}, since {since}); wait for it to end or "

@@ -6,7 +6,6 @@ train, which loss terms run and what is exported all come from the method the re
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -31,14 +30,15 @@ from cat_adapter.data.concepts import ConceptSpec, concept_specs, load_concepts,
 from cat_adapter.data.disk_cache import DiskCache
 from cat_adapter.data.prompts import has_trigger
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.io import (check_free_space, check_output_folder, check_writable, output_lock, write_json_atomic,
-                            write_text_atomic)
+from cat_adapter.io import check_free_space, check_output_folder, output_lock, write_json_atomic, write_text_atomic
 from cat_adapter.methods import registry
 from cat_adapter.methods.base import Method, build_method
 from cat_adapter.models import ModelSpec, freeze, load_model
 from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, load_checkpoint, restore_rng, rng_state,
                                              save_checkpoint)
 from cat_adapter.training import memory, optimizers, trackers
+from cat_adapter.training.guard import (disk_errno, disk_error, main_launch_process, preflight, resume_note,  # noqa: F401
+                                        startup_summary, undo_fresh_folder, warn_small_images, written_bytes)
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ MIXED = {k: getattr(torch, v) for k, v in MIXED_PRECISION.items()}   # --mixed-p
 STEPS_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 DONE = "done.json"
 ESTIMATE_AFTER = 5   # steps after which the remaining time is estimated
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)   # a write the disk refused
 
 
 @dataclass
@@ -92,41 +91,6 @@ def train_loop(cfg: TrainConfig, *, progress: bool = True, accelerator=None,
     # the output folder is this run's for its whole life (one lock per launch: the main process takes it)
     with output_lock(cfg.run.output, "cat-adapter train") if main_launch_process() else nullcontext():
         return _train_loop(cfg, progress=progress, accelerator=accelerator, init_state=init_state)
-
-
-def undo_fresh_folder(out: Path, existed: bool) -> None:
-    """Empty a folder this run found new or empty (remove it if the run made it): a refused run writes nothing."""
-    for entry in out.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    if not existed:
-        out.rmdir()
-
-
-def preflight(cfg: TrainConfig) -> None:
-    """Before anything expensive: every folder the run writes is writable (a read-only or missing disk is one line)."""
-    check_writable(cfg.run.output, "--output")
-    sections = registry.get_spec(cfg.method.method).sections
-    for option, folder in (("--cache-dir", cfg.run.cache_dir),
-                           ("--class-data", cfg.prior.class_data if "prior" in sections else None)):
-        if folder:
-            check_writable(folder, option)
-
-
-def disk_errno(exc: BaseException) -> int | None:
-    """The errno of a write the disk refused: an OSError's, or the one safetensors' Rust writer quotes."""
-    import re
-
-    if isinstance(exc, OSError):
-        return exc.errno if exc.errno in DISK_ERRORS else None
-    m = re.search(r"os error (\d+)", str(exc))
-    return int(m.group(1)) if m and int(m.group(1)) in DISK_ERRORS else None
-
-
-def main_launch_process() -> bool:
-    """The process of rank 0 under ``accelerate launch`` / torchrun (RANK unset: a plain process)."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) -> Path:
@@ -352,51 +316,6 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                    cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
 
 
-def written_bytes(cfg: TrainConfig, method: Method) -> int:
-    """What the run will write, estimated from its trained parameters: the final export (and EMA's), each
-    --save-every snapshot, and each checkpoint kept (trained state, two optimizer moments, the export), plus 1 MB for
-    logs and configs. Validation grids and the latent cache are not counted."""
-    params = sum(p.numel() for p in method.parameters())
-    r, steps = cfg.run, cfg.optim.steps
-    export = params * torch.finfo(getattr(torch, r.save_dtype)).bits // 8
-    exports = 1 + (cfg.optim.ema_decay is not None) + (steps // r.save_every if r.save_every else 0)
-    checkpoints = 0
-    if r.checkpoint_every:
-        checkpoints = steps // r.checkpoint_every + 1
-        checkpoints = min(checkpoints, r.checkpoints_limit + 1) if r.checkpoints_limit else checkpoints
-    return exports * export + checkpoints * (params * 12 + export) + 2**20
-
-
-def startup_summary(cfg: TrainConfig, items: list[ConceptItem], specs: list[ConceptSpec], model, accelerator) -> str:
-    """What the run is about to do, in one line: images and their captions, concepts, device and dtype, steps."""
-    from_txt = sum(1 for it in items if it.caption_source != "template")
-    o, r = cfg.optim, cfg.run
-    concepts = ", ".join(f"{c.trigger} {c.class_noun or ''}".strip() for c in specs)
-    quant = f", base {cfg.model.quantize_base}" if cfg.model.quantize_base != "none" else ""
-    return (f"{cfg.method.method} on a {model.family} model: {len(items)} images ({from_txt} captioned by .txt files, "
-            f"{len(items) - from_txt} by the caption template) of {concepts}; {o.steps} steps of batch "
-            f"{o.batch_size} x {o.gradient_accumulation_steps} x {accelerator.num_processes} process(es) on "
-            f"{accelerator.device.type}, mixed precision {r.mixed_precision}{quant}")
-
-
-def warn_small_images(items: list[ConceptItem], resolution: int, *, buckets: bool = False) -> list[str]:
-    """A warning naming the training images that will be upscaled: a shorter side below --resolution (with
-    --buckets: an area below --resolution squared). Upscaled images train the model on their blur."""
-    from PIL import Image
-
-    small = []
-    for it in items:
-        with Image.open(it.image_path) as img:   # the header only
-            w, h = img.size
-        if (w * h < resolution * resolution) if buckets else (min(w, h) < resolution):
-            small.append(f"{it.image_path.name} ({w}x{h})")
-    if small:
-        log.warning("%d of %d training images are smaller than --resolution %d and will be upscaled: %s%s; give larger "
-                    "images or a lower --resolution", len(small), len(items), resolution, ", ".join(small[:5]),
-                    ", ..." if len(small) > 5 else "")
-    return small
-
-
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     """Where the run's base model comes from and how it is loaded (quantized or not)."""
     m = cfg.model
@@ -584,28 +503,6 @@ def run_loop(s: Session, *, progress: bool) -> None:
     except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (the CLI turns it into one): say how to go on
         exc.note = resume_note(s)
         raise
-
-
-def disk_error(s: Session, exc: BaseException) -> str:
-    """A write that failed mid-run: what was lost, what is kept, how to go on."""
-    import os
-
-    out = Path(s.cfg.run.output)
-    filename = getattr(exc, "filename", None)
-    where = f" ({filename})" if filename else ""
-    return (f"--output {out}: cannot write{where}: {os.strerror(disk_errno(exc))}; the weights trained in memory up "
-            f"to step "
-            f"{s.reached} could not be written there; {resume_note(s)} once there is room")
-
-
-def resume_note(s: Session) -> str:
-    """The last complete checkpoint and the exact command that continues from it (or that there is none)."""
-    out = Path(s.cfg.run.output).resolve()
-    again = f"cat-adapter train --config {out / 'config.yaml'}"
-    if s.last_checkpoint is not None:
-        return (f"last complete checkpoint: {s.last_checkpoint} (step {checkpoint_step(s.last_checkpoint)}); "
-                f"resume with: {again} --resume")
-    return f"no checkpoint was written (--checkpoint-every N writes them); start again with: {again} --overwrite"
 
 
 def _steps(s: Session, bar, log_file) -> None:
