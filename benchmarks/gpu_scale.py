@@ -1,5 +1,7 @@
 """Fig. 5 at real scale: step time and peak memory of LoRA, CAT fast and CAT lean on SD 1.5, SDXL and Flux-sized
-denoisers, built from the public configs with random weights (nothing is downloaded).
+denoisers, built from the public configs with random weights (nothing is downloaded), with the frozen base in bf16
+and, in the quantized cells, int8 (torchao) and NF4 (bitsandbytes) as --quantize-base loads it. Each cell also
+holds ``cat-adapter memory``'s estimate of its peak and the estimate's error against the measured peak.
 
 Each cell builds the bf16 denoiser directly on the device, adds the method's LoRA through cat-adapter's own method
 classes (the ones ``train`` uses: registry -> parts x terms -> run_terms), and times optimizer steps (AdamW, bf16
@@ -58,16 +60,58 @@ FLUX_TINY = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1
 FAMILIES = {"sd15": (SD15_UNET, SD_TINY, 4, 77, 768, None, 8), "sdxl": (SDXL_UNET, SDXL_TINY, 4, 77, 2048, 1280, 8),
             "flux": (FLUX_DEV, FLUX_TINY, 16, 512, 4096, 768, 8)}
 TINY_TEXT = {"sd15": (77, 32, None), "sdxl": (77, 64, 32), "flux": (32, 32, 32)}
-# (family, resolution, batch, gradient checkpointing): the issue's cells
-CELLS = [("sd15", 512, 1, False), ("sd15", 512, 4, False), ("sdxl", 1024, 1, True), ("sdxl", 1024, 1, False),
-         ("sdxl", 1024, 4, True), ("flux", 1024, 1, True)]
+# (family, resolution, batch, gradient checkpointing, --quantize-base mode): Fig. 5's cells and the quantized ones
+CELLS = [("sd15", 512, 1, False, "none"), ("sd15", 512, 4, False, "none"), ("sdxl", 1024, 1, True, "none"),
+         ("sdxl", 1024, 1, False, "none"), ("sdxl", 1024, 4, True, "none"), ("flux", 1024, 1, True, "none"),
+         ("sdxl", 1024, 1, True, "int8"), ("flux", 1024, 1, True, "int8"), ("flux", 1024, 1, True, "nf4")]
+BUILTIN = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux-dev"}   # cat-adapter memory's built-in configs
 
 
-def cell_name(family: str, res: int, batch: int, gc: bool) -> str:
-    return f"{family}-{res}px-b{batch}-gc{'on' if gc else 'off'}"
+def cell_name(family: str, res: int, batch: int, gc: bool, mode: str = "none") -> str:
+    return f"{family}-{res}px-b{batch}-gc{'on' if gc else 'off'}" + ("" if mode == "none" else f"-{mode}")
 
 
-def build_model(family: str, tiny: bool, device: str, dtype):
+def quantize(net, mode: str) -> None:
+    """The denoiser's linear layers in ``mode``, as --quantize-base loads them: torchao's weight-only int8 / fp8
+    (``quantize_``, the function diffusers' TorchAoConfig calls), bitsandbytes' NF4 (``Linear4bit``, what diffusers'
+    BitsAndBytesConfig puts in place; quantized when moved to the GPU)."""
+    import torch
+
+    if mode == "none":
+        return
+    if mode in ("int8", "fp8"):
+        from torchao.quantization import quantize_
+
+        from cat_adapter.models.quantize import _torchao_type
+
+        quantize_(net, _torchao_type(mode))
+        return
+    import bitsandbytes as bnb
+
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(module, name, q.to(child.weight.device))
+
+
+def estimate_cell(family: str, res: int, batch: int, gc: bool, mode: str) -> dict:
+    """``cat-adapter memory``'s figures for the cell: the denoiser, adapter, optimizer and step (what the cell
+    holds), by variant, in MiB."""
+    from cat_adapter.memory import MemoryOptions, estimate
+
+    est = estimate(MemoryOptions(model=BUILTIN[family], resolution=res, batch_size=batch, gradient_checkpointing=gc,
+                                 quantize_base=mode))
+    return {k: {"training_mib": v["training"] / 2**20,
+                "above_model_mib": (v["activations"] + v["transient"] + 4 * v["adapter_params"]) / 2**20}
+            for k, v in est.variants.items()}
+
+
+def build_model(family: str, tiny: bool, device: str, dtype, mode: str = "none"):
     """cat-adapter's model object of ``family`` around a random-weight denoiser built on ``device`` in ``dtype``."""
     import torch
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, UNet2DConditionModel
@@ -86,6 +130,7 @@ def build_model(family: str, tiny: bool, device: str, dtype):
     finally:
         torch.set_default_dtype(previous)
     net.requires_grad_(False)
+    quantize(net, mode)
     f = FAMILIES[family][6]
     spec = ModelSpec("bench")
     if family == "flux":
@@ -96,7 +141,7 @@ def build_model(family: str, tiny: bool, device: str, dtype):
 
 
 def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny: bool, device: str, steps: int,
-             warmup: int) -> dict:
+             warmup: int, mode: str = "none") -> dict:
     import torch
 
     from cat_adapter.config import build_config
@@ -107,7 +152,7 @@ def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
-    model = build_model(family, tiny, device, dtype)
+    model = build_model(family, tiny, device, dtype, mode)
     params_m = sum(p.numel() for p in model.denoiser.parameters()) / 1e6
     cfg = build_config(overrides=dict(model="bench", data="-", output="-", class_noun="x", **VARIANTS[variant]))
     method = build_method(cfg, model)
@@ -154,6 +199,7 @@ def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny:
     if cuda:
         out["model_and_optimizer_mb"] = base / 2**20
         out["peak_above_model_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        out["peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -178,21 +224,30 @@ def main() -> None:
             "torch": torch.__version__, "tiny": args.tiny, "steps": steps, "warmup": warmup,
             "dtype": "bf16 weights, bf16 autocast, LoRA float32" if device == "cuda" else "float32"}
     results = []
-    for family, res, batch, gc in CELLS:
-        name = cell_name(family, res, batch, gc)
+    for family, res, batch, gc, mode in CELLS:
+        name = cell_name(family, res, batch, gc, mode)
         if args.cells and name not in args.cells:
+            continue
+        if mode == "nf4" and device != "cuda":
+            print(f"{name}: skipped (bitsandbytes' NF4 needs CUDA)", flush=True)
             continue
         if args.tiny:
             res = 64   # latents 8x8
         cell = {"cell": name, "family": family, "resolution": res, "batch": batch, "gradient_checkpointing": gc,
-                "variants": {}}
+                "quantize_base": mode, "variants": {}}
         t0 = time.perf_counter()
+        if not args.tiny:   # the estimate first, on the CPU, while nothing is on the GPU
+            cell["estimate"] = estimate_cell(family, res, batch, gc, mode)
         for variant in VARIANTS:
             try:
                 cell["variants"][variant] = run_cell(family, res, batch, gc, variant, tiny=args.tiny, device=device,
-                                                     steps=steps, warmup=warmup)
+                                                     steps=steps, warmup=warmup, mode=mode)
             except torch.cuda.OutOfMemoryError:
                 cell["variants"][variant] = {"variant": variant, "oom": True}
+            est = cell.get("estimate", {}).get(variant)
+            got = cell["variants"][variant]
+            if est and "peak_allocated_mb" in got:
+                got["estimate_error"] = est["training_mib"] / got["peak_allocated_mb"] - 1
             if device == "cuda":
                 import gc
 
@@ -209,7 +264,9 @@ def main() -> None:
         results.append(cell)
         line = "  ".join(f"{k} {v.get('mean_s', math.nan):.3f}s ({v.get('time_vs_lora', math.nan):.2f}x)"
                          + (f" {v['peak_above_model_mb']:.0f}MB ({v.get('memory_vs_lora', math.nan):.2f}x)"
-                            if "peak_above_model_mb" in v else "") + (" OOM" if v.get("oom") else "")
+                            if "peak_above_model_mb" in v else "")
+                         + (f" peak {v['peak_allocated_mb'] / 1024:.1f}GiB (estimate {v['estimate_error']:+.0%})"
+                            if "estimate_error" in v else "") + (" OOM" if v.get("oom") else "")
                          for k, v in cell["variants"].items())
         print(f"{name}: {line}  [{cell['wall_s']}s]", flush=True)
     (out / "gpu_scale.json").write_text(json.dumps({**meta, "cells": results}, indent=1))

@@ -56,6 +56,14 @@ def test_the_loaded_model_keeps_the_contract(family):
         z = torch.randn(1, *model.latent_shape(16, 16), generator=torch.Generator().manual_seed(0))
         out = model.predict(z, torch.tensor([500]), cond)
     assert out.shape == z.shape
+    # cat-adapter memory's view of the family, from the configs alone, is the loaded model's
+    from cat_adapter.memory import read_configs
+
+    assert isinstance(model, families()[name].model_class)
+    _, configs = read_configs(str(folder))
+    tokens, width, pooled = type(model).text_shape(configs, getattr(model.text, "max_sequence_length", None))
+    assert tuple(cond.hidden.shape[1:]) == (tokens, width)
+    assert (cond.pooled is None and pooled is None) or cond.pooled.shape[-1] == pooled
 
 
 def test_alpha_zero_is_lora_and_alpha_one_differs(family, concept_dir, tmp_path):

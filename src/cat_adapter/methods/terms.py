@@ -184,4 +184,6 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
             values[term.name] = term.loss(_predict(model, [r])[0], r.target)
             backward(term.weight * values[term.name])  # also at weight 0: a zero gradient, LoRA's update bit for bit
             total = total + term.weight * values[term.name].detach()
-    return LossOutput(total.detach(), {**{f"loss_{k}": v.item() for k, v in values.items()}, **skipped})
+    # (meta tensors, the memory estimate's step, have no value to log)
+    logged = {f"loss_{k}": float("nan") if v.is_meta else v.item() for k, v in values.items()}
+    return LossOutput(total.detach(), {**logged, **skipped})

@@ -123,6 +123,8 @@ class ModelFamily(Protocol):
     @property
     def latent_scale(self) -> tuple[float, float]: ...
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
+    @classmethod
+    def text_shape(cls, configs: dict[str, dict], max_sequence_length: int | None = None) -> tuple: ...
     @property
     def size_multiple(self) -> int: ...
     @property
@@ -220,6 +222,7 @@ class Family:
     pipeline_classes: tuple[str, ...]        # model_index.json _class_name values this family loads
     load: Callable                          # (spec, resolved path, dtype) -> a ModelFamily
     denoiser_folder: str = "unet"           # the pipeline's sub-folder of the denoiser (another tool's full fine-tune)
+    model_class: type | None = None         # the ModelFamily class ``load`` returns (``cat-adapter memory`` builds it)
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -97,6 +97,12 @@ class FluxModel(PipelineFamily):
     target_examples = "attn.to_q, attn.add_k_proj, ff.net.2, proj_mlp"
     features = frozenset()        # no text-encoder LoRA, kohya file or token training (yet)
     text_class = ClipT5Text
+
+    @classmethod
+    def text_shape(cls, configs: dict[str, dict], max_sequence_length: int | None = None) -> tuple[int, int, int]:
+        """(tokens, width, pooled width) from the component configs: T5's sequence, CLIP's pooled output."""
+        return (int(max_sequence_length or T5_LIMIT), int(configs["text_encoder_2"]["d_model"]),
+                int(configs["text_encoder"]["hidden_size"]))
     objective_class = FlowMatchObjective
 
     def __init__(self, pipe, spec: ModelSpec, resolved: str):
@@ -178,4 +184,4 @@ def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:
     return FluxModel(pipe, spec, resolved)
 
 
-register_family(Family("flux", ("FluxPipeline",), build, denoiser_folder="transformer"))
+register_family(Family("flux", ("FluxPipeline",), build, denoiser_folder="transformer", model_class=FluxModel))

@@ -183,17 +183,22 @@ class PipelineFamily:
         the denoiser (and the large text encoders) that --quantize-base asks for."""
         from cat_adapter.models.quantize import pipeline_config
 
-        if spec.quantize_text_encoders and not cls.large_text_encoders:
-            raise CatAdapterError(f"--quantize-text-encoders: the {cls.family} family has no large text encoder to "
-                                  "quantize (its CLIP encoders are small); leave it out")
-        if spec.quantize_text_encoders and spec.quantize == "none":
-            raise CatAdapterError("--quantize-text-encoders quantizes in the --quantize-base mode; give "
-                                  "--quantize-base int8 (or fp8, nf4)")
+        cls.check_quantization(spec.quantize, spec.quantize_text_encoders)
         quant = pipeline_config(spec.quantize, denoiser=cls.denoiser_name, compute_dtype=dtype,
                                 text_encoders=cls.large_text_encoders if spec.quantize_text_encoders else ())
         return dict(dtype=dtype, revision=spec.revision, variant=spec.variant, single_file_config=spec.single_file_config,
                     allow_pickle=spec.allow_pickle, option=spec.option, pipeline_class=cls.pipeline_class,
                     quantization_config=quant)
+
+    @classmethod
+    def check_quantization(cls, mode: str, text_encoders: bool) -> None:
+        """--quantize-text-encoders needs a mode and a family with a large text encoder."""
+        if text_encoders and not cls.large_text_encoders:
+            raise CatAdapterError(f"--quantize-text-encoders: the {cls.family} family has no large text encoder to "
+                                  "quantize (its CLIP encoders are small); leave it out")
+        if text_encoders and mode == "none":
+            raise CatAdapterError("--quantize-text-encoders quantizes in the --quantize-base mode; give "
+                                  "--quantize-base int8 (or fp8, nf4)")
 
     @property
     def quantization(self) -> dict:

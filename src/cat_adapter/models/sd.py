@@ -76,6 +76,13 @@ class SDModel(UNetLayout, PipelineFamily):
     target_examples = "to_q, to_out.0, proj_in, conv1"
     features = frozenset({"text_encoder_lora", "kohya_export", "tokens"})
     text_class = ClipText
+
+    @classmethod
+    def text_shape(cls, configs: dict[str, dict], max_sequence_length: int | None = None) -> tuple[int, int, None]:
+        """(tokens, width, pooled width) of the prompt embedding, from the component configs (``cat-adapter
+        memory``): CLIP's last hidden state."""
+        te = configs["text_encoder"]
+        return int(te.get("max_position_embeddings", 77)), int(te["hidden_size"]), None
     objective_class = DDPMObjective
 
     def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Cond, *, micro: torch.Tensor | None = None,
@@ -110,4 +117,4 @@ def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDModel:
     return SDModel(pipe, spec, resolved)
 
 
-register_family(Family("sd", ("StableDiffusionPipeline",), build))
+register_family(Family("sd", ("StableDiffusionPipeline",), build, model_class=SDModel))

@@ -141,6 +141,14 @@ class SDXLModel(UNetLayout, PipelineFamily):
     target_examples = "to_q, to_out.0, proj_in, conv1"
     features = frozenset({"kohya_export", "tokens"})
     text_class = DualClipText
+
+    @classmethod
+    def text_shape(cls, configs: dict[str, dict], max_sequence_length: int | None = None) -> tuple[int, int, int]:
+        """(tokens, width, pooled width) from the component configs: both encoders' hidden states side by side, the
+        second's projection pooled."""
+        te, te2 = configs["text_encoder"], configs["text_encoder_2"]
+        return (int(te.get("max_position_embeddings", 77)), int(te["hidden_size"]) + int(te2["hidden_size"]),
+                int(te2.get("projection_dim", te2["hidden_size"])))
     objective_class = DDPMObjective
 
     def time_ids(self, z_t: torch.Tensor, micro: torch.Tensor | None) -> torch.Tensor:
@@ -255,4 +263,4 @@ def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> SDXLModel:
     return SDXLModel(pipe, spec, resolved)
 
 
-register_family(Family("sdxl", ("StableDiffusionXLPipeline",), build))
+register_family(Family("sdxl", ("StableDiffusionXLPipeline",), build, model_class=SDXLModel))
