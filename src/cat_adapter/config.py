@@ -60,9 +60,10 @@ class ModelConfig:
                              "saved LoRA is a plain one. Not with a full fine-tune (--method dreambooth).",
                              choices=("none", "int8", "fp8", "nf4"))
     quantize_text_encoders: bool = opt(False, "With --quantize-base: also quantize the family's large text encoders "
-                                       "(SDXL's second CLIP, Flux's T5) in the same mode.")
-    max_sequence_length: int | None = opt(None, "Flux: T5 prompt length in tokens (default: the T5 tokenizer's "
-                                          "model_max_length, at most 512). An error on other models.")
+                                       "(SDXL's second CLIP, the T5 of Flux and SD3) in the same mode.")
+    max_sequence_length: int | None = opt(None, "Flux and SD3: T5 prompt length in tokens (default: as their "
+                                          "pipelines, Flux 512, SD3 256, at most the T5 tokenizer's model_max_length). "
+                                          "An error on other models.")
 
 
 @dataclass

@@ -74,7 +74,7 @@ class MemoryOptions:
                                choices=tuple(DTYPES))
     offload_frozen: bool = opt(True, "Text encoders and VAE leave the GPU once the caches are built (train's "
                                "--offload-frozen, on by default).")
-    max_sequence_length: int | None = opt(None, "Flux: T5 prompt length (default 512).")
+    max_sequence_length: int | None = opt(None, "Flux and SD3: T5 prompt length (default: Flux 512, SD3 256).")
     json: bool = opt(False, "Print the estimate as JSON.")
 
 
@@ -412,12 +412,13 @@ def estimate(o: MemoryOptions) -> Estimate:
     cls = fam.model_class
     cls.check_quantization(o.quantize_base, o.quantize_text_encoders)
     dtype = DTYPES[o.mixed_precision]
-    missing = [c for c in (cls.denoiser_name, *cls.text_encoders, "vae", "scheduler") if c not in configs]
+    missing = [c for c in (cls.denoiser_name, "vae", "scheduler") if c not in configs]
     if missing:
         raise CatAdapterError(f"--model {o.model}: no config for {', '.join(missing)}")
+    present = [n for n in cls.text_encoders if n in configs]   # SD3 may come without its T5
     est = Estimate(o.model, fam.name, 0, o.batch_size, {k: v for k, v in vars(o).items() if k not in ("model", "json")})
     modules = {}
-    for name in (cls.denoiser_name, *cls.text_encoders, "vae"):
+    for name in (cls.denoiser_name, *present, "vae"):
         m = _build(index, name, configs[name], dtype)
         mode = o.quantize_base if name == cls.denoiser_name or (
             o.quantize_text_encoders and name in cls.large_text_encoders) else "none"

@@ -222,12 +222,17 @@ class PipelineFamily:
         setattr(self.pipe, self.denoiser_name, module)
 
     def frozen_components(self) -> list[torch.nn.Module]:
-        return [self.denoiser, self.pipe.vae] + [getattr(self.pipe, n) for n in self.text_encoders]
+        return [self.denoiser, self.pipe.vae] + [getattr(self.pipe, n) for n in self.present_text_encoders]
 
     def to(self, device) -> "PipelineFamily":
         self.pipe.to(device)
         self._offloaded = {}
         return self
+
+    @property
+    def present_text_encoders(self) -> list[str]:
+        """The text encoders this pipeline holds (SD3 may be saved without its T5)."""
+        return [n for n in self.text_encoders if getattr(self.pipe, n, None) is not None]
 
     @property
     def device(self) -> torch.device:
@@ -240,7 +245,7 @@ class PipelineFamily:
         encoders unless prompts are encoded in the step (trainable tokens, a text-encoder LoRA)."""
         text = self.text
         encodes_in_step = bool(getattr(text, "encoder_trained", False) or getattr(text, "trainable_ids", None))
-        return ["vae"] + ([] if encodes_in_step else list(self.text_encoders))
+        return ["vae"] + ([] if encodes_in_step else list(self.present_text_encoders))
 
     def offload(self, names: list[str], to: str | torch.device = "cpu") -> list[str]:
         """Move the components ``names`` to ``to`` (the CPU) and remember where they were; the ones that were
@@ -326,8 +331,10 @@ class PipelineFamily:
         """The family's own options (Flux: --guidance, --max-sequence-length); none by default."""
         given = {k: v for k, v in settings.items() if v is not None}
         if given:
-            raise CatAdapterError(f"--{next(iter(given)).replace('_', '-')} is a Flux option; this is a "
-                                  f"{self.family} model")
+            name = next(iter(given))
+            owners = {"guidance": "a Flux option", "max_sequence_length": "a Flux and SD3 option"}
+            raise CatAdapterError(f"--{name.replace('_', '-')} is {owners.get(name, 'not an option of this family')}; "
+                                  f"this is a {self.family} model")
 
     # ------------------------------------------------------------------------------------ sampling
     @property

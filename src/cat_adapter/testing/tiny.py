@@ -191,3 +191,48 @@ def build_tiny_flux_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: i
 
     shutil.rmtree(tok_dir, ignore_errors=True)
     return folder
+
+
+def build_tiny_sd3_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: int = 0, max_sequence_length: int = 32,
+                            with_t5: bool = True) -> Path:
+    """Write a random-weight ``StableDiffusion3Pipeline`` folder (diffusers' SD3 test config, scaled to fit): a
+    one-block MMDiT with patch size 2 over 16-channel latents, two CLIP encoders with projection (width 32 each,
+    pooled 64) and T5 (d_model 64, the joint width), a VAE without quant convs with SD3's shift and scale, the
+    flow-matching Euler scheduler with SD3's static shift 3.0. ``with_t5`` False saves it without T5 (SD3 allows
+    that: the pipeline puts zeros in T5's place)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=64, pooled_projection_dim=64, pos_embed_max_size=16)
+    vae_ch = [32, 64, 64, 64][:vae_blocks]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=vae_ch,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks, up_block_types=["UpDecoderBlock2D"] * vae_blocks,
+                        norm_num_groups=32, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5305)
+    tok_dir = folder / ".tokenizer-src"
+    tokenizer = build_char_tokenizer(tok_dir)
+    cfg = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, projection_dim=32)
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    tokenizer_3 = text_encoder_3 = None
+    if with_t5:
+        tokenizer_3 = build_t5_tokenizer(tok_dir, model_max_length=max_sequence_length)
+        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=64, d_ff=37, d_kv=8, num_heads=4,
+                                                 num_layers=2, relative_attention_num_buckets=8,
+                                                 feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0,
+                                                 eos_token_id=1))
+    pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=copy.deepcopy(tokenizer), text_encoder_3=text_encoder_3,
+                                    tokenizer_3=tokenizer_3, transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    return folder
