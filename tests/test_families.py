@@ -28,6 +28,7 @@ FAMILIES = {
              dict(add_watermarker=False)),
     "flux": ("cat_adapter.testing.tiny:build_tiny_flux_pipeline", "FluxPipeline", {}),
     "sd3": ("cat_adapter.testing.tiny:build_tiny_sd3_pipeline", "StableDiffusion3Pipeline", {}),
+    "zimage": ("cat_adapter.testing.tiny:build_tiny_zimage_pipeline", "ZImagePipeline", {}),
 }
 # the option that asks for each feature, and the words its refusal must contain
 REFUSALS = {"text_encoder_lora": (["--train-text-encoder"], "--train-text-encoder"),

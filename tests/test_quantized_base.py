@@ -118,6 +118,24 @@ def test_flux_quantizes_its_t5_with_quantize_text_encoders(concept_dir, tmp_path
                                                                                   "text_encoders": True}
 
 
+@pytest.mark.parametrize("builder, encoder", [("build_tiny_sd3_pipeline", "text_encoder_3"),
+                                              ("build_tiny_zimage_pipeline", "text_encoder")])
+def test_the_2026_families_quantize_their_denoiser_and_llm_or_t5(concept_dir, tmp_path, builder, encoder):
+    """SD3 (T5) and Z-Image (Qwen3): the denoiser and the large encoder in int8, LoRA trains on top in float32."""
+    from cat_adapter.testing import tiny
+
+    folder = getattr(tiny, builder)(tmp_path / "m")
+    model = load_model(ModelSpec(str(folder), quantize="int8", quantize_text_encoders=True))
+    assert quantized_linears(model.denoiser) > 5 and quantized_linears(getattr(model.pipe, encoder)) > 0
+    out = train(build_config(overrides=train_overrides(folder, concept_dir, tmp_path / "out", method="cat", steps=2,
+                                                       quantize_base="int8", quantize_text_encoders=True, cpu=True)),
+                progress=False)
+    weights = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert weights and all(v.dtype == torch.float32 for v in weights.values())
+    assert json.loads((out / "adapter.json").read_text())["base_quantization"] == {"denoiser": "int8",
+                                                                                  "text_encoders": True}
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_the_straight_run_on_the_int8_base(tiny_model, concept_dir, tmp_path):
     check_killed_run_resumes_to_the_straight_run(

@@ -236,3 +236,58 @@ def build_tiny_sd3_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: in
 
     shutil.rmtree(tok_dir, ignore_errors=True)
     return folder
+
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def build_qwen_tokenizer(*, model_max_length: int = 512):
+    """A Qwen2Tokenizer without the hub: byte-level BPE over the 256 byte symbols (no merges, so every byte is a
+    token, as a rare word is under Qwen's vocabulary), Qwen's special tokens and the user/assistant part of Qwen3's
+    chat template (``enable_thinking`` as Qwen3's: false adds an empty think block)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>", model_max_length=model_max_length)
+    tok.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>",
+                                                         "</think>"]})
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_zimage_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: int = 0,
+                               max_sequence_length: int = 64) -> Path:
+    """Write a random-weight ``ZImagePipeline`` folder (diffusers' Z-Image test config): a two-layer single-stream
+    DiT (one noise and one context refiner layer) with patch 2 over 16-channel latents, a two-layer Qwen3 text encoder
+    (width 16) behind a byte-level Qwen tokenizer with a chat template, a VAE with Flux's shift and scale, the
+    flow-matching Euler scheduler with shift 3."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5,
+                                           qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+                                           axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
+    with torch.no_grad():   # created with torch.empty (diffusers' tests fix them the same way)
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    vae_ch = [32, 64, 64, 64][:vae_blocks]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=vae_ch,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks, up_block_types=["UpDecoderBlock2D"] * vae_blocks,
+                        layers_per_block=1, norm_num_groups=32, sample_size=32, scaling_factor=0.3611,
+                        shift_factor=0.1159)
+    tokenizer = build_qwen_tokenizer(model_max_length=max_sequence_length)
+    text_encoder = Qwen3Model(Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                          vocab_size=len(tokenizer), max_position_embeddings=512,
+                                          pad_token_id=tokenizer.pad_token_id))
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=text_encoder,
+                          tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
