@@ -64,7 +64,11 @@ TINY_TEXT = {"sd15": (77, 32, None), "sdxl": (77, 64, 32), "flux": (32, 32, 32)}
 CELLS = [("sd15", 512, 1, False, "none"), ("sd15", 512, 4, False, "none"), ("sdxl", 1024, 1, True, "none"),
          ("sdxl", 1024, 1, False, "none"), ("sdxl", 1024, 4, True, "none"), ("flux", 1024, 1, True, "none"),
          ("sdxl", 1024, 1, True, "int8"), ("flux", 1024, 1, True, "int8"), ("flux", 1024, 1, True, "nf4")]
-BUILTIN = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux-dev"}   # cat-adapter memory's built-in configs
+# the 2026 families, built through cat-adapter memory's config path: family -> (built-in config set, tiny builder)
+GENERIC = {"sd35": ("sd35-large", "build_tiny_sd3_pipeline"), "zimage": ("zimage-turbo", "build_tiny_zimage_pipeline"),
+           "chroma": ("chroma1-hd", "build_tiny_chroma_pipeline")}
+CELLS += [("sd35", 1024, 1, True, "int8"), ("zimage", 1024, 1, True, "none"), ("chroma", 1024, 1, True, "int8")]
+BUILTIN = {"sd15": "sd15", "sdxl": "sdxl", "flux": "flux-dev", **{k: v[0] for k, v in GENERIC.items()}}
 
 
 def cell_name(family: str, res: int, batch: int, gc: bool, mode: str = "none") -> str:
@@ -140,6 +144,31 @@ def build_model(family: str, tiny: bool, device: str, dtype, mode: str = "none")
     return (SDXLModel if family == "sdxl" else SDModel)(pipe, spec, "bench")
 
 
+def build_generic(family: str, tiny: bool, device: str, dtype, mode: str):
+    """A 2026 family's model object around a random-weight denoiser built from its configs on ``device`` (the
+    built-in config set; the tiny pipeline's configs with ``tiny``), as cat-adapter memory builds it on meta;
+    returns (model, the text shape)."""
+    import tempfile
+
+    import torch
+
+    from cat_adapter.memory import _build, family_class, model_around, read_configs
+    from cat_adapter.testing import tiny as tiny_builders
+
+    name, builder = GENERIC[family]
+    if tiny:
+        name = str(getattr(tiny_builders, builder)(Path(tempfile.mkdtemp()) / "model"))
+    index, configs = read_configs(name)
+    cls = family_class(index)
+    net = _build(index, cls.denoiser_name, configs[cls.denoiser_name], dtype, device)
+    for pad in ("x_pad_token", "cap_pad_token"):   # Z-Image creates these with torch.empty
+        if hasattr(net, pad):
+            with torch.no_grad():
+                getattr(net, pad).fill_(1.0)
+    quantize(net, mode)
+    return model_around(cls, index, configs, net), cls.text_shape(configs, 32 if tiny else None)
+
+
 def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny: bool, device: str, steps: int,
              warmup: int, mode: str = "none") -> dict:
     import torch
@@ -152,7 +181,10 @@ def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
-    model = build_model(family, tiny, device, dtype, mode)
+    if family in GENERIC:
+        model, text_shape = build_generic(family, tiny, device, dtype, mode)
+    else:
+        model = build_model(family, tiny, device, dtype, mode)
     params_m = sum(p.numel() for p in model.denoiser.parameters()) / 1e6
     cfg = build_config(overrides=dict(model="bench", data="-", output="-", class_noun="x", **VARIANTS[variant]))
     method = build_method(cfg, model)
@@ -160,16 +192,19 @@ def run_cell(family: str, res: int, batch: int, gc: bool, variant: str, *, tiny:
         model.denoiser.enable_gradient_checkpointing()
     method.train()
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4, weight_decay=0.01)
-    channels = 4 if tiny else FAMILIES[family][2]   # the tiny Flux packs 4-channel latents
-    tokens, width, pooled = TINY_TEXT[family] if tiny else FAMILIES[family][3:6]
-    lat = res // FAMILIES[family][6]
+    if family in GENERIC:
+        (channels, lat, _), (tokens, width, pooled) = model.latent_shape(res, res), text_shape
+    else:
+        channels = 4 if tiny else FAMILIES[family][2]   # the tiny Flux packs 4-channel latents
+        tokens, width, pooled = TINY_TEXT[family] if tiny else FAMILIES[family][3:6]
+        lat = res // FAMILIES[family][6]
     g = torch.Generator().manual_seed(1)
 
     def r(*shape):
         return torch.randn(*shape, generator=g)
 
     def make_batch() -> Batch:
-        t = (torch.rand(batch, generator=g) * 1000) if family == "flux" else torch.randint(0, 1000, (batch,), generator=g)
+        t = model.objective.sample_timesteps(batch, g)   # integer DDPM or float flow timesteps
         micro = torch.tensor([[res, res, 0, 0, res, res]] * batch)
         inst = Noised(r(batch, channels, lat, lat), r(batch, channels, lat, lat), t, micro)
         conds = {k: Cond(r(batch, tokens, width), None if pooled is None else r(batch, pooled)) for k in ("trigger", "plain")}
@@ -232,7 +267,7 @@ def main() -> None:
             print(f"{name}: skipped (bitsandbytes' NF4 needs CUDA)", flush=True)
             continue
         if args.tiny:
-            res = 64   # latents 8x8
+            res = 64 if family not in GENERIC else 16   # latents 8x8
         cell = {"cell": name, "family": family, "resolution": res, "batch": batch, "gradient_checkpointing": gc,
                 "quantize_base": mode, "variants": {}}
         t0 = time.perf_counter()

@@ -34,7 +34,8 @@ COST_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, nu
 COST_VAE = dict(_class_name="AutoencoderKL", block_out_channels=[32, 64, 64, 64], latent_channels=4,
                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                 norm_num_groups=32)
-MODELS = {"sd15": False, "sdxl": True, "flux-dev": True}   # name -> has a large text encoder
+MODELS = {"sd15": False, "sdxl": True, "flux-dev": True, "sd35-medium": True, "sd35-large": True, "chroma1-hd": True,
+          "zimage-turbo": True}   # name -> has a large text encoder
 MODES = ("none", "int8", "nf4")
 
 

@@ -29,6 +29,7 @@ FAMILIES = {
     "flux": ("cat_adapter.testing.tiny:build_tiny_flux_pipeline", "FluxPipeline", {}),
     "sd3": ("cat_adapter.testing.tiny:build_tiny_sd3_pipeline", "StableDiffusion3Pipeline", {}),
     "zimage": ("cat_adapter.testing.tiny:build_tiny_zimage_pipeline", "ZImagePipeline", {}),
+    "chroma": ("cat_adapter.testing.tiny:build_tiny_chroma_pipeline", "ChromaPipeline", {}),
 }
 # the option that asks for each feature, and the words its refusal must contain
 REFUSALS = {"text_encoder_lora": (["--train-text-encoder"], "--train-text-encoder"),
@@ -44,7 +45,31 @@ def family(request, tmp_path_factory):
 
 
 def test_the_table_covers_every_registered_family():
-    assert set(FAMILIES) == set(families())
+    from cat_adapter.testing.tiny import BUILDERS
+
+    assert set(FAMILIES) == set(families()) == set(BUILDERS)
+
+
+def test_a_tiny_family_pipeline_and_concept_from_the_command_line(tmp_path, capsys):
+    from cat_adapter.testing.tiny import main
+
+    assert main(["chroma", str(tmp_path / "m"), "--concept", str(tmp_path / "c")]) == 0
+    assert load_model(ModelSpec(str(tmp_path / "m"))).family == "chroma"
+    assert len(list((tmp_path / "c").glob("*.png"))) == 4
+    with pytest.raises(SystemExit):   # an existing folder is not overwritten
+        main(["chroma", str(tmp_path / "m")])
+
+
+def test_an_unsupported_pipeline_names_the_supported_ones(tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "qwen"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    with pytest.raises(Exception) as err:
+        load_model(ModelSpec(str(folder)))
+    assert "QwenImagePipeline" in str(err.value) and all(
+        c in str(err.value) for f in families().values() for c in f.pipeline_classes)
 
 
 def test_the_loaded_model_keeps_the_contract(family):

@@ -15,7 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_scale.py"
 
 
 def test_gpu_scale_smoke_run_writes_each_cell(tmp_path):
-    cells = ["sd15-512px-b1-gcoff", "sdxl-1024px-b1-gcon", "flux-1024px-b1-gcon", "sdxl-1024px-b1-gcon-int8"]
+    cells = ["sd15-512px-b1-gcoff", "sdxl-1024px-b1-gcon", "flux-1024px-b1-gcon", "sdxl-1024px-b1-gcon-int8",
+             "zimage-1024px-b1-gcon", "chroma-1024px-b1-gcon-int8"]
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(tmp_path), "--cells", *cells],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -119,9 +119,10 @@ def test_flux_quantizes_its_t5_with_quantize_text_encoders(concept_dir, tmp_path
 
 
 @pytest.mark.parametrize("builder, encoder", [("build_tiny_sd3_pipeline", "text_encoder_3"),
-                                              ("build_tiny_zimage_pipeline", "text_encoder")])
+                                              ("build_tiny_zimage_pipeline", "text_encoder"),
+                                              ("build_tiny_chroma_pipeline", "text_encoder")])
 def test_the_2026_families_quantize_their_denoiser_and_llm_or_t5(concept_dir, tmp_path, builder, encoder):
-    """SD3 (T5) and Z-Image (Qwen3): the denoiser and the large encoder in int8, LoRA trains on top in float32."""
+    """SD3 and Chroma (T5) and Z-Image (Qwen3): the denoiser and the large encoder in int8, LoRA trains on top in float32."""
     from cat_adapter.testing import tiny
 
     folder = getattr(tiny, builder)(tmp_path / "m")

@@ -340,8 +340,9 @@ def _family(index: dict, option: str):
                           f"{', '.join(c for f in families().values() for c in f.pipeline_classes)}")
 
 
-def _build(index: dict, name: str, config: dict, dtype: torch.dtype) -> torch.nn.Module | None:
-    """Component ``name`` on the meta device in ``dtype`` (None: not a torch module, e.g. a scheduler)."""
+def _build(index: dict, name: str, config: dict, dtype: torch.dtype, device: str = "meta") -> torch.nn.Module | None:
+    """Component ``name`` on ``device`` (the meta device: no storage) in ``dtype``, random weights (None: not a torch
+    module, e.g. a scheduler)."""
     import diffusers
     import transformers
 
@@ -357,7 +358,7 @@ def _build(index: dict, name: str, config: dict, dtype: torch.dtype) -> torch.nn
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             return make()
     finally:
         torch.set_default_dtype(previous)
@@ -383,6 +384,29 @@ def weight_bytes(module: torch.nn.Module, mode: str, dtype: torch.dtype) -> int:
 
 def largest_linear(module: torch.nn.Module) -> int:
     return max((m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear)), default=0)
+
+
+def model_around(cls, index: dict, configs: dict[str, dict], denoiser: torch.nn.Module):
+    """The family's model object (``cls``) around ``denoiser`` alone: the other components are their configs (what
+    the model object reads of them: latent channels, the VAE factor), the scheduler is built. Used by the estimate
+    and by benchmarks/gpu_scale.py."""
+    import diffusers
+
+    from cat_adapter.models import ModelSpec
+
+    f = 2 ** (len(configs["vae"].get("block_out_channels", (1,))) - 1)
+    scheduler = getattr(diffusers, index["scheduler"][1]).from_config(configs["scheduler"])
+    pipe = types.SimpleNamespace(**{n: types.SimpleNamespace(config=types.SimpleNamespace(**c)) for n, c in
+                                    configs.items() if n != "scheduler"}, scheduler=scheduler, vae_scale_factor=f,
+                                 default_sample_size=128)
+    denoiser.requires_grad_(False)
+    setattr(pipe, cls.denoiser_name, denoiser)
+    return cls(pipe, ModelSpec("estimate"), "estimate")
+
+
+def family_class(index: dict, option: str = "--model"):
+    """The model class of the family whose pipeline ``index`` (model_index.json) names."""
+    return _family(index, option).model_class
 
 
 @dataclass
@@ -425,17 +449,9 @@ def estimate(o: MemoryOptions) -> Estimate:
         est.components[name] = {"params": sum(p.numel() for p in m.parameters()), "mode": mode,
                                 "bytes": weight_bytes(m, mode, dtype)}
         modules[name] = m
-    import diffusers
-
-    vae_cfg = configs["vae"]
-    f = 2 ** (len(vae_cfg.get("block_out_channels", (1,))) - 1)
-    scheduler = getattr(diffusers, index["scheduler"][1]).from_config(configs["scheduler"])
-    pipe = types.SimpleNamespace(**{n: types.SimpleNamespace(config=types.SimpleNamespace(**c)) for n, c in
-                                    configs.items() if n != "scheduler"}, scheduler=scheduler, vae_scale_factor=f, default_sample_size=128)
     denoiser = modules[cls.denoiser_name]
-    denoiser.requires_grad_(False)
-    setattr(pipe, cls.denoiser_name, denoiser)
-    model = cls(pipe, ModelSpec("estimate"), "estimate")
+    model = model_around(cls, index, configs, denoiser)
+    pipe = model.pipe
     res = o.resolution or model.default_resolution
     if res % model.size_multiple:
         raise CatAdapterError(f"--resolution {res}: must be a multiple of {model.size_multiple} for this model")

@@ -7,7 +7,7 @@ Each family module registers itself when imported here; adding a family is one m
 from cat_adapter.models.base import (Cond, Family, ModelFamily, ModelSpec, TokenIds, denoiser_folders, families,
                                      family_of, is_hub_id, load_model, model_identity, same_model)
 from cat_adapter.models.pipeline import LORA_WEIGHT_NAME, PipelineFamily, dtype_kwarg, freeze, load_pipeline
-from cat_adapter.models import sd, sdxl, flux, sd3, zimage  # noqa: F401,E402,I001  (registration: the built-in families)
+from cat_adapter.models import sd, sdxl, flux, sd3, zimage, chroma  # noqa: F401,E402,I001  (registration: the built-in families)
 from cat_adapter.models.sd import SDModel  # noqa: E402
 
 __all__ = ["Cond", "Family", "LORA_WEIGHT_NAME", "ModelFamily", "ModelSpec", "PipelineFamily", "SDModel", "TokenIds",

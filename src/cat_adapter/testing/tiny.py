@@ -291,3 +291,62 @@ def build_tiny_zimage_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed:
                           tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def build_tiny_chroma_pipeline(folder: str | Path, *, vae_blocks: int = 2, seed: int = 0,
+                               max_sequence_length: int = 32) -> Path:
+    """Write a random-weight ``ChromaPipeline`` folder (diffusers' Chroma test config): a one-double, one-single-block
+    transformer with a one-layer approximator over 2x2-packed 4-channel latents, T5 (d_model 32) alone, a VAE without
+    quant convs with a shift factor, the flow-matching Euler scheduler."""
+    from diffusers import AutoencoderKL, ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32, approximator_layers=1,
+                                           approximator_num_channels=16)
+    vae_ch = [32, 64, 64, 64][:vae_blocks]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_ch,
+                        down_block_types=["DownEncoderBlock2D"] * vae_blocks, up_block_types=["UpDecoderBlock2D"] * vae_blocks,
+                        norm_num_groups=32, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    tokenizer = build_t5_tokenizer(folder / ".tokenizer-src", model_max_length=max_sequence_length)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_heads=4,
+                                           num_layers=2, relative_attention_num_buckets=8, feed_forward_proj="relu",
+                                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                          tokenizer=tokenizer, transformer=transformer, image_encoder=None, feature_extractor=None)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(folder / ".tokenizer-src", ignore_errors=True)
+    return folder
+
+
+# family -> builder of its tiny pipeline (``python -m cat_adapter.testing.tiny FAMILY FOLDER``)
+BUILDERS = {"sd": build_tiny_pipeline, "sdxl": build_tiny_sdxl_pipeline, "flux": build_tiny_flux_pipeline,
+            "sd3": build_tiny_sd3_pipeline, "zimage": build_tiny_zimage_pipeline, "chroma": build_tiny_chroma_pipeline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write a tiny random-weight pipeline of a family (and optionally a 16 px concept folder) to try a family's
+    whole path on a CPU in seconds: ``python -m cat_adapter.testing.tiny sd3 /tmp/sd3 --concept /tmp/circle``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m cat_adapter.testing.tiny", description=main.__doc__)
+    ap.add_argument("family", choices=sorted(BUILDERS))
+    ap.add_argument("folder", help="where to write the pipeline (must not exist)")
+    ap.add_argument("--concept", help="also write a concept folder of 4 captioned 16 px circles ('sks circle') here")
+    args = ap.parse_args(argv)
+    if Path(args.folder).exists():
+        ap.error(f"{args.folder} exists; give a new folder")
+    print(BUILDERS[args.family](args.folder))
+    if args.concept:
+        print(write_shape_concept(args.concept, n=4, size=16))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
