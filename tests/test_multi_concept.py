@@ -287,3 +287,21 @@ def test_bad_groups(tmp_path, entry, needle):
     (tmp_path / "plan.yaml").write_text(text)
     with pytest.raises(CatAdapterError, match=needle):
         load_plan(tmp_path / "plan.yaml")
+
+
+@pytest.mark.parametrize("builder", ["build_tiny_sd3_pipeline", "build_tiny_zimage_pipeline",
+                                     "build_tiny_chroma_pipeline"])
+def test_several_concepts_train_on_the_2026_families(tmp_path, builder):
+    """Per-token y is built on prompt strings, so it holds under every family's text side (two CLIP + T5, a chat
+    template around a language model, masked T5)."""
+    from cat_adapter.testing import tiny
+
+    model = getattr(tiny, builder)(tmp_path / "model")
+    path = write_concepts(tmp_path)
+    out = tmp_path / "out"
+    assert cli_main(["train", "--model", str(model), "--concepts", str(path), "--resolution", "16", "--steps", "2",
+                     "--cpu", "--output", str(out)]) == 0
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert Counter(p["concept"] for p in prompts) == {"a": 2, "b": 6}
+    assert all("sks" not in p["plain"] and "zwx" not in p["plain"] for p in prompts)
+    assert [c["trigger"] for c in json.loads((out / "adapter.json").read_text())["concepts"]] == ["sks", "zwx"]
