@@ -34,7 +34,8 @@ def test_train_writes_self_describing_artefacts(tiny_model, concept_dir, tmp_pat
     assert meta["concepts"] == [{"name": "concept", "trigger": "sks", "class_noun": "circle", "preserve_prompt": "remove",
                                  "caption_template": "a photo of {trigger} {class_noun}"}]
     assert json.loads((out / "done.json").read_text())["files"] == ["pytorch_lora_weights.safetensors"]
-    assert (out / "validation.png").is_file() and (out / "step-2" / "validation.png").is_file()
+    assert (out / "validation" / "step-000003.png").is_file() and (out / "step-2" / "validation.png").is_file()
+    assert (out / "validation.png").is_file() and (out / "validation.csv").is_file()   # the monitor's curves
     # The snapshot and the final weights both load into plain diffusers and change the U-Net.
     for folder in (out / "step-2", out):
         pipe = load_pipeline(str(tiny_model))

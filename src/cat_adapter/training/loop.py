@@ -39,6 +39,7 @@ from cat_adapter.training.checkpoint import (checkpoint_step, list_checkpoints, 
 from cat_adapter.training import memory, optimizers, trackers
 from cat_adapter.training.guard import (disk_errno, disk_error, main_launch_process, preflight, resume_note,  # noqa: F401
                                         startup_summary, undo_fresh_folder, warn_small_images, written_bytes)
+from cat_adapter.training.monitor import Monitor
 from cat_adapter.training.validation import validation_grid
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class Session:
     tracking: bool = False           # --report-to: trackers were started
     concepts: list = None            # the run's ConceptSpecs (--concepts, or the one of --data)
     cache_stats: dict | None = None  # --cache-dir: entries read (hits) and written (misses)
+    monitor: Monitor | None = None   # the preservation monitor (--validation-every; main process)
+    monitor_s: float = 0.0           # seconds it took
     reached: int = 0                 # the last step trained (for the messages of an interrupted run)
     loop_t0: float = 0.0             # when the first step of this process started (the time estimate)
     progress: bool = True            # a progress bar is shown (else the time estimate is printed)
@@ -135,6 +138,10 @@ def _train_loop(cfg: TrainConfig, *, progress: bool, accelerator, init_state) ->
         s.tracking = trackers.start(accelerator, cfg)
         if checkpoints:
             resume(s, checkpoints[-1])
+        if s.monitor is not None:   # the rows before this start (a resumed run's), then step 0's on a fresh one
+            s.monitor.load(out / "validation.csv", s.start)
+            if s.start == 0:
+                monitor(s, 0)
         try:
             run_loop(s, progress=progress)
             accelerator.wait_for_everyone()
@@ -310,10 +317,14 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
                             caption_dropout=d.caption_dropout, balance=d.concept_balance,
                             num_processes=accelerator.num_processes, process_index=accelerator.process_index,
                             **stream)
+    monitor = None
+    if run.validation_every and accelerator.is_main_process:   # its own probe stream: the run's is untouched
+        monitor = Monitor(method, cache, seed=run.seed, device=accelerator.device, autocast=accelerator.autocast,
+                          pool_size=sampler.pool_size)
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
-                   cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None)
+                   cache_stats={"hits": disk.hits, "misses": disk.misses} if disk else None, monitor=monitor)
 
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
@@ -413,6 +424,15 @@ def resume(s: Session, path: Path) -> None:
         write_text_atomic(log_path, "".join(ln + "\n" for ln in kept))
     acc.wait_for_everyone()
     acc.print(f"resumed from {path} (step {s.start})")
+
+
+def monitor(s: Session, step: int) -> dict:
+    """The monitor's row at ``step``, written to validation.csv / validation.png; its figures for the log."""
+    t0 = time.perf_counter()
+    row = s.monitor.measure(step)
+    s.monitor.write(Path(s.cfg.run.output))
+    s.monitor_s += time.perf_counter() - t0
+    return {k: v for k, v in row.items() if k != "step" and v is not None}
 
 
 def validate(s: Session, path: Path, step: int) -> None:
@@ -528,6 +548,8 @@ def _steps(s: Session, bar, log_file) -> None:
                 f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
         record = {"step": done, **terms, **s.method.part_logs(), **before,
                   "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
+        if s.monitor is not None and (done == steps or done % run.validation_every == 0):
+            record.update(monitor(s, done))
         log_file.write(json.dumps(record) + "\n")
         if s.tracking:
             trackers.log_step(s.accelerator, record, done)
@@ -583,7 +605,7 @@ def finish(s: Session, t0: float) -> None:
                                                           export_format=run.export_format))
         finally:
             s.ema.restore(params)
-    validate(s, out / "validation.png", s.cfg.optim.steps)
+    validate(s, out / "validation" / f"step-{s.cfg.optim.steps:06d}.png", s.cfg.optim.steps)
     for term in s.method.terms:  # a term's own figures (constrained CAT's alpha.png)
         if hasattr(term, "report"):
             term.report(out)
@@ -595,6 +617,7 @@ def finish(s: Session, t0: float) -> None:
         "peak_memory_above_model_mb": memory.rounded(None if peak is None or s.model_mb is None else peak - s.model_mb),
         "step_seconds_median": round(statistics.median(step_s), 4) if step_s else None,
         "generation_seconds": round(s.generation_s, 2), "validation_seconds": round(s.validation_s, 2),
+        "monitor_seconds": round(s.monitor_s, 2),
         "steps_seconds": round(sum(step_s), 2), "files": files, "adapter": "adapter.json",
         "ema_adapter": "ema/adapter.json" if s.ema is not None else None, "cache": s.cache_stats,
         "steps": s.cfg.optim.steps, "resolution": s.cfg.data.resolution})
