@@ -69,3 +69,50 @@ def test_a_killed_run_resumes_with_the_same_monitor_rows(tiny_model, concept_dir
     straight = train(build_config(overrides={**kw, "output": str(tmp_path / "straight")}), progress=False)
     assert (resumed / "validation.csv").read_text() == (straight / "validation.csv").read_text()
     assert [r["step"] for r in read_csv(resumed / "validation.csv")] == [0, 2, 4, 6]
+
+
+def test_pick_ranks_the_snapshots_and_sample_takes_the_choice(tiny_model, concept_dir, tmp_path, capsys):
+    from cat_adapter.cli.main import main
+
+    out = run(tiny_model, concept_dir, tmp_path / "run", method="lora", steps=6, lr=5e-3, save_every=2,
+              validation_every=3)   # snapshots at 2 and 4 are measured too (not multiples of 3)
+    assert main(["pick", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    record = json.loads((out / "pick.json").read_text())
+    steps = [c["step"] for c in record["candidates"]]
+    assert steps == [2, 4, 6] and record["candidates"][-1]["path"] == str(out)
+    rows = {r["step"]: r for r in read_csv(out / "validation.csv")}
+    drifts = [rows[s]["class_drift"] for s in steps]
+    assert record["bound"] == pytest.approx((min(drifts) + max(drifts)) / 2)
+    eligible = [c for c in record["candidates"] if c["class_drift"] <= record["bound"]]
+    best = min(eligible, key=lambda c: c["trigger_fit"])
+    assert record["chosen"] == {"step": best["step"], "path": best["path"]} and printed[-1] == best["path"]
+    # an explicit bound above every drift picks the best fit overall
+    assert main(["pick", str(out), "--max-class-drift", "1e9"]) == 0
+    record = json.loads((out / "pick.json").read_text())
+    assert record["chosen"]["step"] == min(record["candidates"], key=lambda c: c["trigger_fit"])["step"]
+    capsys.readouterr()
+    assert main(["sample", "--model", str(tiny_model), "--adapter", record["chosen"]["path"], "--prompt", "a sks circle",
+                 "--steps", "2", "--resolution", "16", "--output", str(tmp_path / "s")]) == 0
+
+
+@pytest.mark.parametrize("setup, needle", [
+    ("no_monitor", "no validation.csv"), ("no_snapshots", "no snapshots"), ("bound", "no snapshot's class_drift"),
+    ("missing", "no such folder")])
+def test_pick_refuses_in_one_line_and_writes_nothing(tiny_model, concept_dir, tmp_path, capsys, setup, needle):
+    from cat_adapter.cli.main import main
+
+    out, extra = tmp_path / "run", []
+    if setup == "no_monitor":
+        run(tiny_model, concept_dir, out, method="lora", steps=2, save_every=1, validation_every=0)
+    elif setup in ("no_snapshots", "bound"):
+        run(tiny_model, concept_dir, out, method="lora", steps=2, lr=5e-3, save_every=1, validation_every=1)
+        if setup == "no_snapshots":
+            for p in (out / "adapter.json", out / "step-1" / "adapter.json"):
+                p.unlink()
+        else:
+            extra = ["--max-class-drift", "-1"]
+    assert main(["pick", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (out / "pick.json").exists()

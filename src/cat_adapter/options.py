@@ -179,7 +179,9 @@ def add_field(group, f: dataclasses.Field, typ: Any, *, extra_default: str = "",
     meta = f.metadata
     text = (meta.get("help", "") + default_text(f, extra_default)).replace("%", "%%")
     if meta.get("positional"):
-        group.add_argument(f.name, nargs="+", metavar=f.name.upper().rstrip("S"), help=text)
+        many = get_origin(typ) is list
+        group.add_argument(f.name, nargs="+" if many else None, metavar=f.name.upper().rstrip("S") if many else "OUT"
+                           if meta.get("path") else f.name.upper(), help=text)
         return
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
     if typ is bool:

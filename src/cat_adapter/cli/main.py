@@ -10,7 +10,7 @@ import sys
 from cat_adapter import __version__
 from cat_adapter.errors import CatAdapterError
 
-SUBCOMMANDS = ("train", "sample", "compare", "evaluate", "score", "report", "memory")   # plugins add theirs (the toy: demo, toy)
+SUBCOMMANDS = ("train", "sample", "compare", "evaluate", "score", "report", "memory", "pick")   # plugins add theirs (the toy: demo, toy)
 
 
 def build_parser() -> argparse.ArgumentParser:

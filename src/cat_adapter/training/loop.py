@@ -548,7 +548,8 @@ def _steps(s: Session, bar, log_file) -> None:
                 f"checkpoint: {s.last_checkpoint or 'none'}. Lower --lr, or use --mixed-precision no/bf16")
         record = {"step": done, **terms, **s.method.part_logs(), **before,
                   "seconds": round(time.perf_counter() - t0, 4), "memory_mb": memory.rounded(memory.current_mb())}
-        if s.monitor is not None and (done == steps or done % run.validation_every == 0):
+        if s.monitor is not None and (done == steps or done % run.validation_every == 0
+                                      or (run.save_every and done % run.save_every == 0)):   # pick reads snapshots
             record.update(monitor(s, done))
         log_file.write(json.dumps(record) + "\n")
         if s.tracking:

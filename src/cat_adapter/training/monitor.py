@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cat_adapter.diffusion import mse
+from cat_adapter.options import opt
 
 PROBE_ROWS = 8       # rows of the probe batch (images repeat when the concept has fewer)
 PROBE_SEED = 7919    # added to --seed: the probe's own stream, apart from the training stream
@@ -146,3 +148,62 @@ def plot(rows: list[dict], path: Path) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------ picking a snapshot
+@dataclass
+class PickOptions:
+    """What ``cat-adapter pick`` takes."""
+    output: str = opt(positional=True, path="in", help="A training run's folder (with --save-every snapshots "
+                      "OUT/step-N and the monitor's validation.csv).")
+    max_class_drift: float | None = opt(None, "Only snapshots whose class_drift is at most this are eligible "
+                                        "(default: half way between the lowest and the highest class_drift of the "
+                                        "snapshots).")
+
+
+def pick(o: PickOptions) -> dict:
+    """The snapshot with the best (lowest) trigger_fit among those whose class_drift is at most the bound; the
+    final weights (OUT) count as the snapshot of the last step. Writes ``OUT/pick.json``; returns its content."""
+    import json
+
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.io import write_json_atomic
+
+    out = Path(o.output).expanduser()
+    if not out.is_dir():
+        raise CatAdapterError(f"pick {o.output}: no such folder")
+    monitor_file = out / "validation.csv"
+    if not monitor_file.is_file():
+        raise CatAdapterError(f"pick {o.output}: no validation.csv (the preservation monitor); train with "
+                              "--validation-every N (and --save-every N) to have something to pick from")
+    rows = {r["step"]: r for r in read_csv(monitor_file)}
+    snapshots = []
+    for folder in sorted(out.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1):
+        if folder.name[5:].isdigit() and (folder / "adapter.json").is_file():
+            snapshots.append((int(folder.name[5:]), folder))
+    done = out / "done.json"
+    if done.is_file() and (out / "adapter.json").is_file():
+        snapshots.append((int(json.loads(done.read_text())["steps"]), out))
+    measured = [(step, path) for step, path in snapshots if step in rows]
+    if not snapshots:
+        raise CatAdapterError(f"pick {o.output}: no snapshots (OUT/step-N from --save-every N, or a finished run's "
+                              "weights); train with --save-every N")
+    if not measured:
+        raise CatAdapterError(f"pick {o.output}: the monitor measured none of the snapshot steps "
+                              f"({', '.join(str(s) for s, _ in snapshots)}); --save-every should be a multiple of "
+                              "--validation-every")
+    drifts = [rows[s]["class_drift"] for s, _ in measured]
+    bound = o.max_class_drift if o.max_class_drift is not None else (min(drifts) + max(drifts)) / 2
+    candidates = [{"step": s, "path": str(p), "class_drift": rows[s]["class_drift"], "trigger_fit": rows[s]["trigger_fit"],
+                   "eligible": rows[s]["class_drift"] <= bound} for s, p in measured]
+    eligible = [c for c in candidates if c["eligible"]]
+    if not eligible:
+        raise CatAdapterError(f"--max-class-drift {bound:g}: no snapshot's class_drift is that low (lowest "
+                              f"{min(drifts):.4g}); raise it")
+    chosen = min(eligible, key=lambda c: (c["trigger_fit"], c["step"]))
+    record = {"rule": "lowest trigger_fit among snapshots with class_drift <= bound", "bound": bound,
+              "bound_from": "--max-class-drift" if o.max_class_drift is not None else
+              "half way between the snapshots' lowest and highest class_drift",
+              "chosen": {"step": chosen["step"], "path": chosen["path"]}, "candidates": candidates}
+    write_json_atomic(out / "pick.json", record)
+    return record
