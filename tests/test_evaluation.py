@@ -18,6 +18,8 @@ from PIL import Image
 from eval_helpers import (IndependentClip, assert_one_line_error, read_pairs, recompute_scores, run_cli)
 from helpers import train_overrides
 
+from cat_adapter.evaluation.metrics import TEXT_REFERENCE_METRICS
+
 TOL = 1e-5
 EVAL_FLAGS = ["--images-per-prompt", "2", "--sample-steps", "2", "--seed", "0", "--batch-size", "8"]
 
@@ -116,7 +118,7 @@ def test_evaluate_writes_every_output(eval_lora, world):
     assert all("sks" not in p["reference"] and "sks" in p["prompt"] for p in prompt_rows)  # text: trigger removed
     for p in pairs:
         assert (eval_lora / p["image"]).is_file()
-        assert p["metric"].startswith("prompt_score") or (eval_lora / p["reference"]).is_file()
+        assert p["metric"] in ("prompt_score", "prompt_score_plain", "clip_t") or (eval_lora / p["reference"]).is_file()
     assert len(list((eval_lora / "images").rglob("*.png"))) == 6 + 6 + 6 + 4 + 4 + 3
     grid = Image.open(eval_lora / "grid.png")
     assert grid.width > 3 * 128  # base y | adapter y | adapter y_T
@@ -131,7 +133,7 @@ def test_pairs_csv_recomputes_metrics_json(eval_lora, world):
     pairs = read_pairs(eval_lora)
     for p in pairs:
         a = clip.image(eval_lora / p["image"])
-        b = clip.text(p["reference"]) if p["metric"].startswith("prompt_score") else clip.image(eval_lora / p["reference"])
+        b = clip.text(p["reference"]) if p["metric"] in TEXT_REFERENCE_METRICS else clip.image(eval_lora / p["reference"])
         assert abs(clip.cosine(a, b) - float(p["cosine"])) < TOL, p
     m = json.loads((eval_lora / "metrics.json").read_text())
     eps = m["hm_epsilon"]
@@ -401,3 +403,61 @@ def test_existing_output_needs_overwrite(world, eval_lora, tmp_path, capsys):
     rc, _, err = run_cli(["report", eval_lora, "--output", other, "--overwrite"], capsys)
     assert_one_line_error(rc, err, "not a report folder")
     assert (other / "metrics.json").is_file() and (other / "pairs.csv").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# DreamBench's metrics: dino_identity, clip_i, clip_t
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dreambench_metrics_known_answers_and_recomputable(world, tmp_path, capsys):
+    from cat_adapter.testing.tiny import build_tiny_vit
+
+    dino = build_tiny_vit(tmp_path / "dino")
+    a, b, c = _images(world, tmp_path / "m" / "imgs")
+    header = ["group", "prompt_trigger", "prompt_plain", "seed", "image_trigger", "image_plain", "reference"]
+    for name, ref in (("same", a), ("other", b)):   # reference = the trigger image, then another image
+        manifest = tmp_path / "m" / f"{name}.csv"
+        with open(manifest, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerow(["train", "a photo of sks circle", "a photo of circle", "0", f"imgs/{a}", f"imgs/{c}",
+                        f"imgs/{ref}"])
+        rc, out, err = run_cli(["score", "--manifest", manifest, "--clip", world.clip, "--dino", dino, "--output",
+                                tmp_path / name], capsys)
+        assert rc == 0, err
+    same = json.loads((tmp_path / "same" / "metrics.json").read_text())
+    other = json.loads((tmp_path / "other" / "metrics.json").read_text())
+    assert same["dino_identity"] == pytest.approx(1.0, abs=1e-5) and same["clip_i"] == pytest.approx(1.0, abs=1e-5)
+    assert other["dino_identity"] < 0.999 and other["clip_i"] < 0.999
+    assert same["dino"] == str(dino) and -1 <= same["clip_t"] <= 1
+    for folder, m in ((tmp_path / "same", same), (tmp_path / "other", other)):   # every aggregate from pairs.csv
+        pairs = read_pairs(folder)
+        for metric in ("dino_identity", "clip_i", "clip_t"):
+            values = [float(p["cosine"]) for p in pairs if p["metric"] == metric]
+            assert len(values) == 1 and m[metric] == pytest.approx(sum(values) / len(values), abs=1e-12)
+        # clip_i and clip_t are the identity and prompt pairs' CLIP cosines, aggregated by a plain mean
+        by = {p["metric"]: float(p["cosine"]) for p in pairs}
+        assert by["clip_i"] == by["identity_score"] and by["clip_t"] == by["prompt_score"]
+
+
+def test_dino_must_be_a_vit(world, tmp_path, capsys):
+    a, _, _ = _images(world, tmp_path / "m" / "imgs")
+    manifest = tmp_path / "m" / "manifest.csv"
+    manifest.write_text("group,prompt_trigger,prompt_plain,seed,image_trigger,image_plain,reference\n"
+                        f"train,a sks circle,a circle,0,imgs/{a},imgs/{a},imgs/{a}\n")
+    rc, out, err = run_cli(["score", "--manifest", manifest, "--clip", world.clip, "--dino", world.clip, "--output",
+                            tmp_path / "s"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "a clip model, not a ViT" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_evaluate_reports_dreambench_metrics_with_dino(world, tmp_path, capsys):
+    from cat_adapter.evaluation.report import table_columns
+    from cat_adapter.testing.tiny import build_tiny_vit
+
+    out = _evaluate(world, tmp_path / "e", world.lora, "--dino", build_tiny_vit(tmp_path / "dino"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 < m["dino_identity"] <= 1 and m["counts"]["dino_identity"] == m["counts"]["identity_score"]
+    assert m["clip_i"] == pytest.approx(m["identity_score_mean"], abs=1e-9)
+    assert {"dino_identity", "clip_i", "clip_t"} <= set(table_columns([m]))

@@ -25,6 +25,7 @@ from cat_adapter.io import atomic_dir, write_text_atomic
 PAPER_COLUMNS = ("prompt_score", "identity_score", "kps")
 OUR_COLUMNS = ("identity_score_first_cluster", "base_fidelity", "class_diversity", "leakage", "drift_plain",
                "concept_rate_trigger", "concept_rate_class", "concept_rate_control")
+DREAMBENCH_COLUMNS = ("dino_identity", "clip_i", "clip_t")   # DreamBench's metrics (dino_identity with --dino)
 PROFILE_COLUMNS = ("train_s", "step_s", "peak_mem_mb", "infer_s_per_image", "infer_peak_mem_mb", "generation_s")
 PAIRED_COLUMNS = ("prompt_score", "identity_score", "kps", "base_fidelity", "leakage", "concept_rate_trigger",
                   "concept_rate_class")
@@ -38,7 +39,7 @@ def load_jobs(out: Path) -> tuple[dict, list[dict]]:
         rec = json.loads(done.read_text())
         metrics = json.loads((done.parent / rec["metrics"]).read_text())
         row = {**rec, "folder": done.parent}
-        for c in PAPER_COLUMNS + OUR_COLUMNS:
+        for c in PAPER_COLUMNS + OUR_COLUMNS + DREAMBENCH_COLUMNS:
             row[c] = metrics.get(c)
         if rec.get("identity_reference") == "first_cluster":  # a prompt-only concept: no reference images
             row["identity_score_first_cluster"], row["identity_score"] = row["identity_score"], None
@@ -88,7 +89,7 @@ def write_report(out: Path) -> Path:
 
 
 def _table1(tmp: Path, plan: dict, runs: list[dict], order: list[str]) -> None:
-    cols = _columns(runs, PAPER_COLUMNS + OUR_COLUMNS)
+    cols = _columns(runs, PAPER_COLUMNS + OUR_COLUMNS + DREAMBENCH_COLUMNS)
     rows, pooled = _rows(runs, order, cols)
     write_text_atomic(tmp / "table1.csv", csv_text("variant", cols, rows, pooled))
     concepts = list(dict.fromkeys(r["concept"] for r in runs))

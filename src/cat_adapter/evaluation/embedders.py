@@ -78,3 +78,32 @@ def load_image_embedder(spec: str, *, device=None, batch_size: int = 32, option:
         return VisionEmbedder(where, device=device, batch_size=batch_size, option=option)
 
     return shared.get(("image-embedder", where, str(device), batch_size), load, mutable=False)
+
+
+DEFAULT_DINO = "facebook/dino-vits16"   # DreamBench's subject-fidelity model (DINO ViT-S/16)
+DINO_TYPES = ("vit", "dinov2", "dinov3_vit")   # ViT model types whose CLS token DINO-style fidelity reads
+DINO_HELP = (f"A self-supervised ViT for DreamBench's subject fidelity, dino_identity ({DEFAULT_DINO}, loaded through "
+             "transformers; a hub id or a local folder): the DINO cosine of each trigger image and its reference. "
+             "Off when unset.")
+
+
+def load_dino(spec: str, *, device=None, batch_size: int = 32, option: str = "--dino") -> VisionEmbedder:
+    """The ViT of ``--dino`` (its CLS token; not a CLIP or another kind of model: one line saying so)."""
+    from transformers import AutoConfig
+
+    from cat_adapter import shared
+
+    path = Path(spec).expanduser()
+    where = str(path) if path.exists() else spec
+    if path.exists() and not (path / "config.json").is_file():
+        raise CatAdapterError(f"{option} {spec}: no config.json in the folder; give a ViT model folder or a hub id "
+                              f"({DEFAULT_DINO})")
+    try:
+        kind = getattr(AutoConfig.from_pretrained(where), "model_type", None)
+    except Exception as exc:
+        raise CatAdapterError(f"{option} {spec}: cannot read its config ({first_line(exc)})") from None
+    if kind not in DINO_TYPES:
+        raise CatAdapterError(f"{option} {spec}: a {kind} model, not a ViT; DreamBench's dino_identity uses DINO "
+                              f"ViT-S/16 ({DEFAULT_DINO}) or another ViT ({', '.join(DINO_TYPES)})")
+    return shared.get(("dino", where, str(device), batch_size),
+                      lambda: VisionEmbedder(where, device=device, batch_size=batch_size, option=option), mutable=False)

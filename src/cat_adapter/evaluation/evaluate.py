@@ -20,6 +20,7 @@ from cat_adapter.evaluation.clip import DEFAULT_CLIP, ClipEmbedder
 from cat_adapter.evaluation.generate import EvalPrompt, copy_references, plan_evaluation, render_jobs
 from cat_adapter.evaluation.manifest import read_manifest, write_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON
+from cat_adapter.evaluation.embedders import DINO_HELP, load_dino
 from cat_adapter.evaluation.score import check_output, score_rows
 from cat_adapter.io import atomic_dir
 from cat_adapter.options import check, opt
@@ -43,6 +44,7 @@ class EvalOptions:
     output: str = opt(path="out", help="Evaluation folder to write.")
     concept: str | None = opt(None, "Evaluate this concept (by name) of a multi-concept adapter.")
     clip: str = opt(DEFAULT_CLIP, CLIP_HELP, path="in")
+    dino: str | None = opt(None, DINO_HELP, path="in")
     trigger: str | None = opt(None, "Trigger word (default: from the adapter's config.yaml).")
     class_noun: str | None = opt(None, "Class noun (default: from the adapter's config.yaml).")
     preserve_prompt: str | None = opt(None, "How y is made from y_T (default: the adapter's config.yaml; remove for "
@@ -194,6 +196,7 @@ def _evaluate(o: EvalOptions) -> Path:
     # A bad CLIP fails before generating; in a harness (shared.shared_objects) it is loaded once per process.
     embedder = shared.get(("clip", o.clip, str(device), o.clip_batch_size),
                           lambda: ClipEmbedder(o.clip, batch_size=o.clip_batch_size, device=device), mutable=False)
+    dino = load_dino(o.dino, device=device, batch_size=o.clip_batch_size) if o.dino else None
     model = load_model(ModelSpec(o.model, single_file_config=o.single_file_config, allow_pickle=o.allow_pickle))
     model.to(device)  # first: apply() keeps the base model's components where they are now
     if adapter is not None:
@@ -233,7 +236,7 @@ def _evaluate(o: EvalOptions) -> Path:
             meta["drift_plain_per_prompt"] = per_prompt
         # Score what the manifest says, read back from disk: the same path as ``cat-adapter score``.
         rows = read_manifest(write_manifest(tmp / "manifest.csv", plan.rows))
-        score_rows(rows, embedder, tmp, epsilon=o.hm_epsilon, meta={**meta, "manifest": "manifest.csv"})
+        score_rows(rows, embedder, tmp, epsilon=o.hm_epsilon, meta={**meta, "manifest": "manifest.csv"}, dino=dino)
     return out
 
 

@@ -12,6 +12,9 @@ base_fidelity         cos(image(I_base^{y}(p, s)), image(I^{y}(p, s)))          
 class_diversity       1 - cos(image(I^{y}(p, s)), image(I^{y}(p, s')))  mean over p of the mean over s < s'
 base_class_diversity  the same among the base model's I_base^{y}(p, s)
 leakage               cos(image(I_base^{c}(s)), image(I^{c}(s))) over control prompts c   1 - H (ours)
+clip_i                the identity_score pairs' CLIP cosines                                mean (DreamBench)
+dino_identity         the same pairs with DINO ViT-S/16 image embeddings (``--dino``)       mean (DreamBench)
+clip_t                the prompt_score pairs' CLIP cosines (the trigger prompt's text)       mean (DreamBench)
 
 H is dominated by its smallest values and undefined for values <= 0: they are clamped to
 ``epsilon`` and counted. Beside every H-based score its arithmetic mean and median of the raw
@@ -31,8 +34,9 @@ DEFAULT_EPSILON = 1e-3
 HM_METRICS = ("prompt_score", "prompt_score_plain", "identity_score", "base_fidelity")
 ONE_MINUS_HM_METRICS = ("kps", "leakage")
 DIVERSITY_METRICS = ("class_diversity", "base_class_diversity")
-PAIR_METRICS = HM_METRICS + ONE_MINUS_HM_METRICS + DIVERSITY_METRICS
-TEXT_REFERENCE_METRICS = ("prompt_score", "prompt_score_plain")  # ``reference`` is the text, not an image
+MEAN_METRICS = ("clip_i", "dino_identity", "clip_t")   # DreamBench's subject fidelity and prompt fidelity: plain means
+PAIR_METRICS = HM_METRICS + ONE_MINUS_HM_METRICS + DIVERSITY_METRICS + MEAN_METRICS
+TEXT_REFERENCE_METRICS = ("prompt_score", "prompt_score_plain", "clip_t")  # ``reference`` is the text, not an image
 TRIGGER_GROUPS = ("train", "heldout")
 GROUPS = TRIGGER_GROUPS + ("control",)
 
@@ -124,6 +128,9 @@ def _scores(pairs: list[PairValue], epsilon: float) -> dict:
         s = summarize([p.cosine for p in by_metric[m]], epsilon=epsilon, one_minus=m in ONE_MINUS_HM_METRICS)
         out[m], out[f"{m}_mean"], out[f"{m}_median"] = s["score"], s["mean"], s["median"]
         counts[m], clamped[m] = s["n"], s["clamped"]
+    for m in MEAN_METRICS:
+        values = [p.cosine for p in by_metric[m]]
+        out[m], counts[m] = (statistics.fmean(values) if values else None), len(values)
     for m in DIVERSITY_METRICS:
         by_prompt: dict[str, list[float]] = {}
         for p in by_metric[m]:
@@ -164,9 +171,12 @@ def notes(scores: dict, epsilon: float) -> list[str]:
            "leakage": "no control prompts (--control-prompts / group control)",
            "prompt_score": "no trigger rows", "prompt_score_plain": "no trigger rows", "kps": "no trigger rows",
            "class_diversity": "needs >= 2 seeds per prompt",
-           "base_class_diversity": "needs >= 2 seeds per prompt and base-model images"}
+           "base_class_diversity": "needs >= 2 seeds per prompt and base-model images",
+           "clip_i": "no row has a reference (concept) image", "clip_t": "no trigger rows",
+           "dino_identity": "no --dino, or no row has a reference image"}
     for m in PAIR_METRICS:
-        if scores[m] is None:
+        if scores[m] is None and m != "dino_identity":   # dino_identity is opt-in: its absence is no gap
+            out.append(f"{m}: null ({why[m]})")
             out.append(f"{m}: null ({why[m]})")
     return out
 

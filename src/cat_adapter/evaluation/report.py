@@ -22,6 +22,7 @@ from cat_adapter.options import opt
 BASE_COLUMNS = ("prompt_score", "identity_score", "kps", "base_fidelity", "class_diversity", "base_class_diversity")
 HELDOUT_COLUMNS = ("kps_heldout", "base_fidelity_heldout")
 # Added by ``cat-adapter demo`` on the shapes world (read from pixels, not CLIP); shown where present.
+DREAMBENCH_COLUMNS = ("dino_identity", "clip_i", "clip_t")
 CONCEPT_COLUMNS = ("concept_rate_trigger", "concept_rate_class", "concept_rate_control")
 
 
@@ -54,7 +55,8 @@ def table_columns(runs: list[dict]) -> list[str]:
     cols = list(BASE_COLUMNS)
     if any(r.get("leakage") is not None for r in runs):
         cols.append("leakage")
-    cols += [c for c in HELDOUT_COLUMNS + CONCEPT_COLUMNS if any(value(r, c) is not None for r in runs)]
+    cols += [c for c in HELDOUT_COLUMNS + CONCEPT_COLUMNS + DREAMBENCH_COLUMNS
+             if any(value(r, c) is not None for r in runs)]
     return cols
 
 

@@ -21,6 +21,7 @@ import cat_adapter
 from cat_adapter.data.concept import open_image
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.evaluation.clip import DEFAULT_CLIP, ClipEmbedder, check_clip_spec
+from cat_adapter.evaluation.embedders import DINO_HELP, load_dino
 from cat_adapter.evaluation.manifest import ManifestRow, read_manifest
 from cat_adapter.evaluation.metrics import DEFAULT_EPSILON, PairValue, aggregate
 from cat_adapter.io import atomic_dir, check_output_folder, write_json_atomic, write_text_atomic
@@ -42,10 +43,13 @@ class PairSpec:
     image: Path
     reference: Path | str
     text: bool = False
+    embedder: str = "clip"   # which image embedder compares them: clip, or dino (``--dino``)
 
 
-def pair_specs(rows: list[ManifestRow]) -> list[PairSpec]:
-    """Every compared pair of a manifest. Rows naming the same images are one pair (not counted twice)."""
+def pair_specs(rows: list[ManifestRow], *, dino: bool = False) -> list[PairSpec]:
+    """Every compared pair of a manifest. Rows naming the same images are one pair (not counted twice). DreamBench's
+    clip_i and clip_t are the identity and prompt pairs again (their own rows, a plain mean); ``dino``: the identity
+    pairs once more, embedded with DINO."""
     specs: list[PairSpec] = []
     seen: set = set()
 
@@ -63,10 +67,14 @@ def pair_specs(rows: list[ManifestRow]) -> list[PairSpec]:
             continue
         y_t, y = r.prompt_trigger, r.prompt_plain
         add(PairSpec("prompt_score", r.group, y_t, r.seed, r.image_trigger, r.text, text=True))     # Eq. 4
+        add(PairSpec("clip_t", r.group, y_t, r.seed, r.image_trigger, r.text, text=True))           # DreamBench
         add(PairSpec("prompt_score_plain", r.group, y, r.seed, r.image_plain, r.text, text=True))   # §3 sentence
         add(PairSpec("kps", r.group, y_t, r.seed, r.image_trigger, r.image_plain))                  # Eq. 8
         if r.reference is not None:                                                                 # Eq. 6
             add(PairSpec("identity_score", r.group, y_t, r.seed, r.image_trigger, r.reference))
+            add(PairSpec("clip_i", r.group, y_t, r.seed, r.image_trigger, r.reference))             # DreamBench
+            if dino:
+                add(PairSpec("dino_identity", r.group, y_t, r.seed, r.image_trigger, r.reference, embedder="dino"))
         if r.base_image is not None:                                                                # ours
             add(PairSpec("base_fidelity", r.group, y, r.seed, r.image_plain, r.base_image))
         plain_by_prompt.setdefault((r.group, y), {}).setdefault(r.seed, r)
@@ -82,25 +90,31 @@ def pair_specs(rows: list[ManifestRow]) -> list[PairSpec]:
     return specs
 
 
-def compute_pairs(specs: list[PairSpec], embedder: ClipEmbedder, *, out_dir: Path,
-                  option: str = "--manifest") -> list[PairValue]:
-    """Embed every distinct image and text once (batched), then take each pair's cosine (Eq. 10)."""
-    paths = list(dict.fromkeys(p for s in specs for p in (s.image, None if s.text else s.reference) if p is not None))
-    texts = list(dict.fromkeys(s.reference for s in specs if s.text))
-    image_emb: dict[Path, Any] = {}
+def compute_pairs(specs: list[PairSpec], embedder: ClipEmbedder, *, out_dir: Path, option: str = "--manifest",
+                  dino=None) -> list[PairValue]:
+    """Embed every distinct image (per embedder) and text once (batched), then take each pair's cosine (Eq. 10).
+    ``dino``: the image embedder of the ``dino`` pairs."""
     from tqdm.auto import tqdm
 
-    step = embedder.batch_size
-    for i in tqdm(range(0, len(paths), step), desc="CLIP embeddings", unit="batch", disable=None, leave=False):
-        # load images chunk by chunk: memory stays bounded
-        chunk = paths[i:i + step]
-        for p, e in zip(chunk, embedder.embed_images([open_image(p, option) for p in chunk])):
-            image_emb[p] = e
+    embedders = {"clip": embedder, "dino": dino}
+    image_emb: dict[tuple[str, Path], Any] = {}
+    for key, model in embedders.items():
+        paths = list(dict.fromkeys(p for s in specs if s.embedder == key
+                                   for p in (s.image, None if s.text else s.reference) if p is not None))
+        if paths and model is None:
+            raise ValueError(f"pairs for the {key} embedder but none given")
+        step = model.batch_size if model is not None else 1
+        for i in tqdm(range(0, len(paths), step), desc=f"{key.upper()} embeddings", unit="batch", disable=None,
+                      leave=False):
+            chunk = paths[i:i + step]   # images loaded chunk by chunk: memory stays bounded
+            for p, e in zip(chunk, model.embed_images([open_image(p, option) for p in chunk])):
+                image_emb[key, p] = e
+    texts = list(dict.fromkeys(s.reference for s in specs if s.text))
     text_emb = dict(zip(texts, embedder.embed_texts(texts))) if texts else {}
     out = []
     for s in specs:
-        a = image_emb[s.image]
-        b = text_emb[s.reference] if s.text else image_emb[s.reference]
+        a = image_emb[s.embedder, s.image]
+        b = text_emb[s.reference] if s.text else image_emb[s.embedder, s.reference]
         out.append(PairValue(s.metric, s.group, s.prompt, s.seed, _rel(s.image, out_dir),
                              s.reference if s.text else _rel(s.reference, out_dir), float(a @ b)))
     return out
@@ -152,15 +166,17 @@ def comparison_grid(rows: list[ManifestRow], *, max_prompts: int = 4, max_seeds:
 
 
 def score_rows(rows: list[ManifestRow], embedder: ClipEmbedder, out_dir: Path, *,
-               epsilon: float = DEFAULT_EPSILON, meta: dict | None = None) -> dict:
-    """Write pairs.csv, metrics.json and grid.png for ``rows`` into ``out_dir``; return the metrics."""
-    pairs = compute_pairs(pair_specs(rows), embedder, out_dir=out_dir)
+               epsilon: float = DEFAULT_EPSILON, meta: dict | None = None, dino=None) -> dict:
+    """Write pairs.csv, metrics.json and grid.png for ``rows`` into ``out_dir``; return the metrics. ``dino``: an
+    image embedder for DreamBench's ``dino_identity``."""
+    pairs = compute_pairs(pair_specs(rows, dino=dino is not None), embedder, out_dir=out_dir, dino=dino)
     scores = aggregate(pairs, epsilon=epsilon)
     for note in scores["notes"]:
         if "clamped" in note:
             log.warning(note)
     metrics = dict(meta or {})
-    metrics.update({"package_version": cat_adapter.__version__, "clip": embedder.spec, "hm_epsilon": epsilon,
+    metrics.update({"package_version": cat_adapter.__version__, "clip": embedder.spec,
+                    "dino": getattr(dino, "spec", None), "hm_epsilon": epsilon,
                     "seeds": sorted({r.seed for r in rows}), "rows": len(rows), "pairs": len(pairs)})
     metrics.update(scores)
     write_pairs_csv(out_dir / "pairs.csv", pairs)
@@ -188,6 +204,7 @@ class ScoreOptions:
     label: str | None = opt(None, "Name of this run in reports (default: the manifest folder's name).")
     hm_epsilon: float = opt(DEFAULT_EPSILON, "Cosines <= this are clamped to it before the harmonic mean (and "
                             "counted).")
+    dino: str | None = opt(None, DINO_HELP, path="in")
     clip_batch_size: int = opt(32, "Images or texts per CLIP batch.")
     cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
     overwrite: bool = opt(False, "Replace an existing evaluation folder.")
@@ -201,7 +218,7 @@ def score_manifest(o: ScoreOptions) -> Path:
 
 def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP, label: str | None = None,
           epsilon: float = DEFAULT_EPSILON, clip_batch_size: int = 32, overwrite: bool = False,
-          cpu: bool = False) -> Path:
+          cpu: bool = False, dino: str | None = None) -> Path:
     """Score images made elsewhere, listed in a CSV/JSONL manifest; write the outputs to ``output``."""
     if not 0 < epsilon < 1:
         raise CatAdapterError(f"--hm-epsilon must be in (0, 1) (got {epsilon})")
@@ -211,8 +228,9 @@ def score(manifest: str | Path, *, output: str | Path, clip: str = DEFAULT_CLIP,
         raise CatAdapterError(f"--manifest {manifest}: lies inside --output {out}; write the scores to another folder")
     check_clip_spec(clip)
     rows = read_manifest(manifest)
+    dino_model = load_dino(dino, device="cpu" if cpu else None, batch_size=clip_batch_size) if dino else None
     embedder = ClipEmbedder(clip, batch_size=clip_batch_size, device="cpu" if cpu else None)
     meta = {"label": label or manifest.resolve().parent.name, "manifest": str(manifest.resolve()), "model": None}
     with atomic_dir(out) as tmp:
-        score_rows(rows, embedder, tmp, epsilon=epsilon, meta=meta)
+        score_rows(rows, embedder, tmp, epsilon=epsilon, meta=meta, dino=dino_model)
     return out

@@ -350,3 +350,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def build_tiny_vit(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
+    """A random-weight ViT folder (``ViTModel`` + ``ViTImageProcessor``), DINO ViT-S/16's layout scaled down: what
+    ``--dino`` loads in tests (no hub)."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    ViTModel(ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=37), add_pooling_layer=False).save_pretrained(folder, safe_serialization=True)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return folder
