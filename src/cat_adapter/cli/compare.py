@@ -40,9 +40,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not o.plan:
         raise CatAdapterError("--plan is required (unless --report-only)")
-    plan = load_plan(o.plan)
+    plan = load_plan(o.plan) if not o.dreambench else dreambench_plan(o.plan, o.dreambench, out)
     result = run_plan(plan, out, which=which, cpu=o.cpu, progress=o.progress)
     print(f"compare: {result['ran']} job(s) run, {result['done_before']} already done, {result['locked']} left to "
           f"another process, of {result['jobs']}{' in shard ' + o.shard if o.shard else ''}; report in "
           f"{result['report']}")
     return 0
+
+
+def dreambench_plan(plan_file: str, dataset: str, out):
+    """The plan of ``plan_file`` with its concepts from a DreamBench dataset folder (``compare --dreambench``)."""
+    from pathlib import Path
+
+    from cat_adapter.compare.dreambench import dreambench_concepts, read_dreambench
+    from cat_adapter.compare.plan import plan_from_dict
+    from cat_adapter.errors import CatAdapterError
+    from cat_adapter.io import read_yaml
+
+    source = f"--plan {plan_file}"
+    raw = read_yaml(plan_file, source)
+    if not isinstance(raw, dict):
+        raise CatAdapterError(f"{source}: expected a mapping")
+    if "concepts" in raw:
+        raise CatAdapterError(f"{source}: has concepts; with --dreambench the concepts are the dataset's subjects, "
+                              "leave the key out")
+    read_dreambench(dataset)   # every check before anything is written
+    raw["concepts"] = dreambench_concepts(dataset, Path(out), trigger=str(raw.pop("trigger", "sks")))
+    return plan_from_dict(raw, source=source, root=Path(plan_file).resolve().parent)

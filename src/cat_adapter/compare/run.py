@@ -40,6 +40,10 @@ class CompareOptions:
     output: str = opt(path="out", help="Folder of the jobs and the report.")
     shard: str | None = opt(None, "I/N: run jobs I, I+N, I+2N, ... of the sorted job ids (1-based).")
     report_only: bool = opt(False, "Only rebuild OUTPUT/report from the finished jobs.")
+    dreambench: str | None = opt(None, "A local copy of google/dreambooth's dataset/ folder (30 subject folders and "
+                                 "prompts_and_classes.txt): the plan's concepts are its subjects, each evaluated on the "
+                                 "25 prompts of its kind (object or live); the plan then has no concepts key "
+                                 "(benchmarks/plans/dreambench.yaml).", path="in")
     cpu: bool = opt(False, "Run on the CPU even if a GPU is present.")
     progress: bool = opt(False, "Show training progress bars.")
 
@@ -51,7 +55,8 @@ def prepare_folder(plan: Plan, out: Path) -> None:
         raise CatAdapterError(f"--output {out}: is a file; give a folder")
     marker = out / MARKER
     # another shard writing the marker leaves only its temporary file (".plan.json.*.tmp"): not foreign content
-    pending = (lambda e: e.name.startswith(f".{MARKER}.") and e.name.endswith(".tmp"))
+    pending = (lambda e: (e.name.startswith(f".{MARKER}.") and e.name.endswith(".tmp"))
+               or e.name == "dreambench")   # --dreambench's prompt files, written before the plan is read
     if out.is_dir() and any(not pending(e) for e in out.iterdir()):
         if not marker.is_file():
             raise CatAdapterError(f"--output {out}: not a compare folder (no {MARKER}); choose a new or empty folder")
