@@ -28,6 +28,7 @@ METHODS = {
     "lora+prior": dict(method="lora", prior_preservation=True, **CLASS),
     "cat+prior": dict(method="cat", prior_preservation=True, **CLASS),
     "dreambooth+cat": dict(method="dreambooth", lr=1e-4, cat_alpha=1.0, **CLASS),
+    "dco": dict(method="dco", lr=2e-6),
 }
 
 

@@ -38,6 +38,7 @@ class Rows:
     frozen_cond: Callable[[], Cond] | None = None   # the frozen pass's conditioning when it is not ``cond``
                                                     # (text-encoder LoRA: y through the frozen encoder)
     micro: torch.Tensor | None = None        # (N, 6) each row's image sizes and crop (``Noised.micro``)
+    reference: torch.Tensor | None = None    # a third input of the loss (DCO: the frozen model's prediction)
 
     def __len__(self) -> int:
         return self.z_t.shape[0]
@@ -147,6 +148,8 @@ def _predict(model, rows: list[Rows]) -> list[torch.Tensor]:
 
 
 def _loss(term: Term, pred: torch.Tensor, r: Rows) -> torch.Tensor:
+    if r.reference is not None:
+        return term.loss(pred, r.target, r.reference)
     return term.loss(pred, r.target) if r.weights is None else term.loss(pred, r.target, r.weights)
 
 
