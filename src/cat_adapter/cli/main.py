@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="cat-adapter",
-        description="Contrastive Adapter Training (CAT) for Stable Diffusion: learn a subject without forgetting its class.")
+        description="Contrastive Adapter Training (CAT) for text-to-image diffusion models (SD 1.x/2.x, SDXL, FLUX.1, "
+                    "SD3, Z-Image, Chroma): learn a subject without forgetting its class.")
     parser.add_argument("--version", action="version", version=f"cat-adapter {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="Show library warnings and debug logs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
