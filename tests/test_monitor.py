@@ -116,3 +116,17 @@ def test_pick_refuses_in_one_line_and_writes_nothing(tiny_model, concept_dir, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (out / "pick.json").exists()
+
+
+def test_image_metrics_on_the_validation_grids_with_clip(tiny_model, concept_dir, tmp_path):
+    from cat_adapter.testing.tiny_clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    out = run(tiny_model, concept_dir, tmp_path / "o", method="cat", steps=4, validation_every=2, clip=str(clip),
+              validation_prompt="a photo of sks circle", validation_steps=2, validation_images=2)
+    rows = read_csv(out / "validation.csv")
+    assert list(rows[0]) == ["step", "class_drift", "trigger_fit", "identity", "base_fidelity"]
+    assert rows[0]["identity"] is None                      # step 0 has no grid
+    for r in rows[1:]:                                      # steps 2 and 4: a grid each
+        assert -1 <= r["identity"] <= 1 and 0 < r["base_fidelity"] <= 1 + 1e-6
+    assert [r["step"] for r in rows] == [0, 2, 4]

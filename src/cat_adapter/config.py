@@ -182,7 +182,13 @@ class RunConfig:
                          "grids to an experiment tracker, through accelerate: event files in OUT/logs/ (tensorboard), or "
                          "a W&B run (wandb). Optional extras: pip install 'cat-adapter[tensorboard]' / '[wandb]'. "
                          "OUT/log.jsonl is written either way.", choices=("none", "tensorboard", "wandb"))
-    validation_every: int = opt(100, "Steps between validation grids.")
+    validation_every: int = opt(100, "Steps between the preservation monitor's measurements (OUT/validation.csv, "
+                                "OUT/validation.png) and, with --validation-prompt, validation grids; 0: off.")
+    clip: str | None = opt(None, "With --validation-prompt: a CLIP model (hub id, folder, or toy) for the monitor's "
+                           "image metrics on each validation grid: identity (trigger images vs the concept's images) "
+                           "and base fidelity (class images vs the base model's).", path="in")
+    dino: str | None = opt(None, "Like --clip, with a DINO ViT (facebook/dino-vits16) for the identity; base "
+                           "fidelity then uses it too.", path="in")
     validation_images: int = opt(2, "Images (seeds 0..N-1) per validation prompt.")
     validation_steps: int = opt(25, "Sampling steps of validation images.")
     validation_guidance_scale: float | None = opt(None, "Classifier-free guidance scale of validation images "
@@ -441,7 +447,7 @@ def save_config(cfg: TrainConfig, path: str | Path, **extra: Any) -> None:
 RESUME_MAY_CHANGE = {"resume", "overwrite", "steps", "save_every", "checkpoint_every", "checkpoints_limit", "offload_frozen",
                      "validation_prompt", "validation_every", "validation_images", "validation_steps",
                      "validation_guidance_scale", "export_format", "save_dtype", "cpu", "output", "cache_dir",
-                     "report_to"}
+                     "report_to", "clip", "dino"}
 
 
 def portable(cfg: TrainConfig) -> TrainConfig:

@@ -321,6 +321,9 @@ def setup(cfg: TrainConfig, items: list[ConceptItem], inputs: dict, accelerator,
     if run.validation_every and accelerator.is_main_process:   # its own probe stream: the run's is untouched
         monitor = Monitor(method, cache, seed=run.seed, device=accelerator.device, autocast=accelerator.autocast,
                           pool_size=sampler.pool_size)
+        if run.validation_prompt and (run.clip or run.dino):   # the grids' image metrics
+            monitor.embedder = image_embedder(run, accelerator.device)
+            monitor.references = [it.image_path for it in items][:8]
     seed_model_randomness(run.seed, accelerator.process_index)
     return Session(cfg, accelerator, model, method, optimizer, lr_scheduler, sampler, weight_dtype, concepts=specs,
                    model_mb=model_mb, generation_s=generation_s, ema=ema,
@@ -435,18 +438,38 @@ def monitor(s: Session, step: int) -> dict:
     return {k: v for k, v in row.items() if k != "step" and v is not None}
 
 
+def image_embedder(run, device):
+    """The monitor's image embedder: --dino's ViT, else --clip's CLIP."""
+    if run.dino:
+        from cat_adapter.evaluation.embedders import load_dino
+
+        return load_dino(run.dino, device=device)
+    from cat_adapter.evaluation.clip import ClipEmbedder
+    from cat_adapter.plugins import resolve_alias
+
+    return ClipEmbedder(resolve_alias(run.clip, "clip", "--clip"), device=device)
+
+
 def validate(s: Session, path: Path, step: int) -> None:
     run, d = s.cfg.run, s.cfg.data
     if not run.validation_prompt or not s.accelerator.is_main_process:
         return
     t0 = time.perf_counter()
     with s.model.onloaded():   # the VAE and text encoders offloaded after caching come back for the grid
-        validation_grid(s.method, prompt_trigger=run.validation_prompt,
-                        prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
-                        num_images=run.validation_images, steps=run.validation_steps,
-                        guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
-                        autocast=s.accelerator.autocast())
+        rows = validation_grid(s.method, prompt_trigger=run.validation_prompt,
+                               prompt_plain=per_token_plain(run.validation_prompt, s.concepts, d.preserve_prompt),
+                               num_images=run.validation_images, steps=run.validation_steps,
+                               guidance_scale=run.validation_guidance_scale, resolution=d.resolution, path=path,
+                               autocast=s.accelerator.autocast())
     s.validation_s += time.perf_counter() - t0
+    m = s.monitor
+    if m is not None and getattr(m, "embedder", None) is not None:
+        from PIL import Image
+
+        figures = m.add_images(step, rows, m.embedder, [Image.open(p).convert("RGB") for p in m.references])
+        m.write(Path(run.output))
+        if s.tracking:
+            trackers.log_step(s.accelerator, figures, step)
     if s.tracking:
         trackers.log_image(s.accelerator, path, step)
 

@@ -10,6 +10,10 @@ their trigger-free y, the pool's prompts if any), without gradients and without 
 - ``trigger_fit``: the mean squared error of the adapted prediction on y_T against the training target (the
   identity term, without gradients).
 
+With ``--clip`` (or ``--dino``) and a ``--validation-prompt``, each validation grid also gives ``identity`` (the
+mean cosine of the adapted trigger images and the concept's images) and ``base_fidelity`` (of each adapted class
+image and the base model's from the same seed).
+
 The base predictions are computed once, when the monitor is built (with the adapter switched off, or, for a full
 fine-tune without a frozen copy, from the weights before the first step). Each row goes to ``OUT/validation.csv``
 (rewritten whole, atomically) and is plotted to ``OUT/validation.png``, one panel per metric. A measurement costs
@@ -30,7 +34,7 @@ from cat_adapter.options import opt
 
 PROBE_ROWS = 8       # rows of the probe batch (images repeat when the concept has fewer)
 PROBE_SEED = 7919    # added to --seed: the probe's own stream, apart from the training stream
-COLUMNS = ("step", "class_drift", "pool_drift", "trigger_fit")
+COLUMNS = ("step", "class_drift", "pool_drift", "trigger_fit", "identity", "base_fidelity")
 
 
 class Monitor:
@@ -42,6 +46,7 @@ class Monitor:
         from cat_adapter.methods.terms import StepInputs
 
         self.method, self.autocast = method, autocast
+        self.embedder, self.references = None, []   # the grids' image metrics (--clip / --dino)
         probe = StreamSampler(cache, batch_size=PROBE_ROWS, objective=method.objective, seed=seed + PROBE_SEED,
                               pool_size=pool_size)
         self.batch = probe.next().to(device)
@@ -92,6 +97,24 @@ class Monitor:
         self.rows = [r for r in self.rows if r["step"] < row["step"]] + [row]
         return row
 
+    def add_images(self, step: int, rows: list[list], embedder, references: list) -> dict:
+        """The image metrics of a validation grid (rows: base y_T, adapted y_T, base y, adapted y): ``identity``, the
+        mean cosine of the adapted y_T images and the concept's images, and ``base_fidelity``, the mean cosine of each
+        adapted y image and the base's from the same seed; added to the row of ``step``."""
+        import numpy as np
+
+        adapted_t, base_y, adapted_y = rows[1], rows[2], rows[3]
+        refs = embedder.embed_images(references)
+        gen = embedder.embed_images(adapted_t)
+        by, ay = embedder.embed_images(base_y), embedder.embed_images(adapted_y)
+        figures = {"identity": float(np.mean(gen @ refs.T)), "base_fidelity": float(np.mean(np.sum(by * ay, axis=1)))}
+        row = next((r for r in self.rows if r["step"] == step), None)
+        if row is None:
+            row = {"step": int(step)}
+            self.rows = sorted(self.rows + [row], key=lambda r: r["step"])
+        row.update(figures)
+        return figures
+
     def load(self, path: Path, upto: int) -> None:
         """The rows of an earlier run's ``validation.csv`` up to step ``upto`` (a resumed run goes on from them)."""
         self.rows = [r for r in read_csv(path) if r["step"] <= upto] if path.is_file() else []
@@ -133,7 +156,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     metrics = [c for c in COLUMNS[1:] if any(r.get(c) is not None for r in rows)]
     titles = {"class_drift": "class drift (adapted vs base on y; lower keeps more)",
               "pool_drift": "pool drift (adapted vs base on the pool's prompts)",
-              "trigger_fit": "trigger fit (error on y_T; lower learned more)"}
+              "trigger_fit": "trigger fit (error on y_T; lower learned more)",
+              "identity": "identity (trigger images vs the concept's)",
+              "base_fidelity": "base fidelity (class images vs the base's)"}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         pts = [(r["step"], r[m]) for r in rows if r.get(m) is not None]

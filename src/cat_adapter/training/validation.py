@@ -11,10 +11,11 @@ from cat_adapter.sampling import generate, make_grid, save_image
 
 
 def validation_grid(method, *, prompt_trigger: str, prompt_plain: str, num_images: int, steps: int,
-                    guidance_scale: float, resolution: int, path: Path, autocast=None) -> Path:
-    """Rows: base y_T, adapted y_T, base y, adapted y; columns: seeds 0..N-1. The base rows come from
-    ``method.base()`` (LoRA off, a full fine-tune's frozen copy, the tokenizer without added tokens).
-    Generation draws from its own generators: the run's RNG (dropout) is not touched."""
+                    guidance_scale: float, resolution: int, path: Path, autocast=None) -> list[list]:
+    """Rows: base y_T, adapted y_T, base y, adapted y; columns: seeds 0..N-1, saved as a grid at ``path``; returns
+    the rows (the monitor's image metrics read them). The base rows come from ``method.base()`` (LoRA off, a full
+    fine-tune's frozen copy, the tokenizer without added tokens). Generation draws from its own generators: the
+    run's RNG (dropout) is not touched."""
     model = method.model
     modules = list(method.modules().values())
     states = [m.training for m in modules]
@@ -33,4 +34,5 @@ def validation_grid(method, *, prompt_trigger: str, prompt_plain: str, num_image
     finally:
         for m, s in zip(modules, states):
             m.train(s)
-    return save_image(make_grid(rows, row_labels=labels, col_labels=[f"seed {s}" for s in seeds]), path)
+    save_image(make_grid(rows, row_labels=labels, col_labels=[f"seed {s}" for s in seeds]), path)
+    return rows
