@@ -1,12 +1,14 @@
 """The preservation family side by side on the shapes world (the preservation-monitor issue, point 4).
 
-Reads a finished compare folder of ``benchmarks/plans/preservation_family.yaml`` (8 variants x 5 concepts x 3 seeds,
+Reads a finished compare folder of ``benchmarks/plans/preservation_family.yaml`` (9 variants x 5 concepts x 3 seeds,
 identical settings) and writes, per variant, the mean ± 95% interval over (concept, seed) of base fidelity, class
 diversity, the concept rates (trigger, class, control), leakage, identity, KPS, drift, the monitor's final class
 drift and step time, and every variant's paired difference against CAT on the same (concept, seed); plus one figure
 (identity against base fidelity, one point per variant with its intervals).
 
     python benchmarks/preservation_family.py runs/preservation_family   # -> benchmarks/results/preservation_family.*
+(the numbers in docs/benchmarks.md came from runs/preservation_family_v2: the first 8 variants' jobs copied from the
+first run of the plan, then dco_same_lr added to the plan and run in the same folder)
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from cat_adapter.evaluation.metrics import mean_ci95
 
 KEYS = ("base_fidelity", "class_diversity", "concept_rate_trigger", "concept_rate_class", "concept_rate_control",
         "leakage", "identity_score", "kps", "drift_plain", "class_drift_final", "step_s")
-ORDER = ("lora", "cat", "cat_class", "cat_empty", "lora_prior", "cat_pool", "cat_auto", "dco")
+ORDER = ("lora", "cat", "cat_class", "cat_empty", "lora_prior", "cat_pool", "cat_auto", "dco_same_lr", "dco")
 LABELS = {"lora": "LoRA", "cat": "CAT, y = trigger removed (paper)", "cat_class": "CAT, y = class word (DOP)",
           "cat_empty": "CAT, y = empty (BPP)", "lora_prior": "LoRA + prior preservation",
-          "cat_pool": "CAT + automatic pool", "cat_auto": "constrained CAT (target 3e-4)", "dco": "DCO"}
+          "cat_pool": "CAT + automatic pool", "cat_auto": "constrained CAT (target 3e-4)",
+          "dco_same_lr": "DCO (lr 1e-3, as the others)", "dco": "DCO at lr 2e-6 (scaled by 2 / beta)"}
 
 
 def load_jobs(folder: Path) -> dict[tuple[str, str, int], dict]:
@@ -67,7 +70,7 @@ def main() -> None:
     digits = {"drift_plain": 5, "class_drift_final": 5, "step_s": 3, "concept_rate_trigger": 2,
               "concept_rate_class": 2, "concept_rate_control": 2}
     cols = ("base_fidelity", "class_diversity", "concept_rate_trigger", "concept_rate_class", "concept_rate_control",
-            "leakage", "identity_score", "kps", "class_drift_final", "step_s")
+            "leakage", "identity_score", "kps", "drift_plain", "class_drift_final", "step_s")
     head = ["| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines = head + [f"| {LABELS.get(v, v)} | " + " | ".join(fmt(*rows[v][k], digits.get(k, 3)) for k in cols) + " |"
                     for v in variants]
@@ -79,8 +82,11 @@ def main() -> None:
     a.output.with_suffix(".json").write_text(json.dumps({"folder": str(a.folder), "pairs": [list(x) for x in pairs],
                                                          "variants": rows, "paired_vs_cat": paired}, indent=1))
     a.output.with_suffix(".md").write_text(f"Mean ± 95% interval over {len(pairs)} (concept, seed) pairs "
-                                           f"({a.folder}); class_drift_final: the preservation monitor's last row; "
-                                           f"step_s: seconds per training step.\n\n{text}\n")
+                                           f"({a.folder}); drift_plain: the evaluation's drift on the trigger-removed and "
+                                           f"control prompts (the same prompts for every variant); class_drift_final: "
+                                           f"the preservation monitor's last row, on each run's own y (so not "
+                                           f"comparable between variants with another y); step_s: seconds per "
+                                           f"training step.\n\n{text}\n")
     figure(rows, variants, a.output.with_suffix(".png"))
     print(text)
 
@@ -94,8 +100,8 @@ def figure(rows: dict, variants: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (x, y, xl, yl) in zip(axes, (("base_fidelity", "concept_rate_trigger", "base fidelity (higher keeps the "
                                           "base)", "concept rate on the trigger prompt (learned)"),
-                                         ("class_drift_final", "identity_score", "monitor's final class drift (lower "
-                                          "keeps the base)", "identity score (CLIP)"))):
+                                         ("drift_plain", "identity_score", "drift on trigger-free and control "
+                                          "prompts (lower keeps the base)", "identity score (CLIP)"))):
         for v in variants:
             (mx, hx), (my, hy) = rows[v][x], rows[v][y]
             if mx is None or my is None:
@@ -104,7 +110,7 @@ def figure(rows: dict, variants: list[str], path: Path) -> None:
         ax.set_xlabel(xl, fontsize=8)
         ax.set_ylabel(yl, fontsize=8)
         ax.grid(alpha=0.3)
-        if x == "class_drift_final":
+        if x == "drift_plain":
             ax.set_xscale("log")
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("The preservation family on the shapes world (5 concepts x 3 seeds, mean ± 95% interval)", fontsize=9)

@@ -11,8 +11,9 @@ from cat_adapter.options import check, opt
 class DcoOptions:
     dco_beta: float = opt(1000.0, "beta of DCO's loss -log sigmoid(-beta (l_adapted - l_frozen)), l the per-image "
                           "squared error on the trigger captions (the paper and kyungmnlee/dco use 1000-2000). Its "
-                          "gradient starts at beta / 2 times the plain loss's: scale --lr down by as much for a like "
-                          "step size.")
+                          "gradient starts at beta / 2 times the plain loss's, but AdamW's step does not grow with "
+                          "the gradient: keep the --lr you would give LoRA (a --lr scaled down by beta / 2 barely "
+                          "moves the adapter; docs/benchmarks.md).")
 
     def validate(self, cfg) -> None:
         check(self.dco_beta > 0, "--dco-beta", "must be > 0")
