@@ -94,7 +94,11 @@ def test_pair_specs_count_each_pair_once_and_identity_per_reference(tmp_path):
     specs = pair_specs(rows)
     count = {m: sum(1 for s in specs if s.metric == m) for m in {s.metric for s in specs}}
     assert count == {"prompt_score": 2, "prompt_score_plain": 2, "kps": 2, "base_fidelity": 2, "identity_score": 2,
-                     "class_diversity": 1, "base_class_diversity": 1, "leakage": 1}
+                     "class_diversity": 1, "base_class_diversity": 1, "leakage": 1, "clip_i": 2, "clip_t": 2}
+    dino = pair_specs(rows, dino=True)   # DreamBench's DINO pairs: the identity pairs again, for the DINO embedder
+    assert [(s.image, s.reference) for s in dino if s.metric == "dino_identity"] == \
+        [(s.image, s.reference) for s in specs if s.metric == "identity_score"]
+    assert all(s.embedder == "dino" for s in dino if s.metric == "dino_identity")
     prompt = next(s for s in specs if s.metric == "prompt_score")
     assert prompt.text and prompt.reference == "a dog" and prompt.image == tmp_path / "t.png"
     leak = next(s for s in specs if s.metric == "leakage")

@@ -67,7 +67,7 @@ def test_validation_during_training_does_not_change_the_weights(tiny_model_ddpm,
     b = train(build_config(overrides={**kw, "output": str(tmp_path / "b")}), progress=False)
     wa, wb = load_file(str(a / "pytorch_lora_weights.safetensors")), load_file(str(b / "pytorch_lora_weights.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert len(list((a / "validation").glob("*.png"))) == 3
+    assert len(list((a / "validation").glob("*.png"))) == 4   # steps 1-3 and the final grid (step 4)
 
 
 def test_an_image_depends_on_its_seed_alone_with_an_ancestral_sampler(tiny_model_ddpm, tmp_path):
