@@ -72,6 +72,7 @@ def test_conditioning_and_prediction_are_the_pipelines(chroma):
     torch.testing.assert_close(ours, pipe._unpack_latents(direct, 16, 16, 2), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_cat_alpha_zero_equals_lora_and_alpha_one_lowers_the_drift(chroma, concept_dir, tmp_path):
     common = train_overrides(chroma, concept_dir, None, steps=6, lr=5e-3, cpu=True)
     cat = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat"}), progress=False)

@@ -70,6 +70,7 @@ def test_the_meta_count_equals_the_count_of_real_tensors():
     assert live.peak == sum(held.values()) > 0
 
 
+@pytest.mark.slow
 def test_estimate_reacts_like_training_memory(tiny_sdxl):
     base = estimate(MemoryOptions(model=str(tiny_sdxl), mixed_precision="no"))
     v = base.variants

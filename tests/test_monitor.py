@@ -20,6 +20,7 @@ def run(model, data, out, **kw):
     return train(build_config(overrides=train_overrides(model, data, out, cpu=True, **kw)), progress=False)
 
 
+@pytest.mark.slow
 def test_cat_keeps_class_drift_below_lora_whose_drift_grows(tiny_model, concept_dir, tmp_path):
     """Aggressive training (lr 5e-3, 40 steps): LoRA's class drift grows over the run; CAT's ends below it."""
     rows = {}
@@ -71,6 +72,7 @@ def test_a_killed_run_resumes_with_the_same_monitor_rows(tiny_model, concept_dir
     assert [r["step"] for r in read_csv(resumed / "validation.csv")] == [0, 2, 4, 6]
 
 
+@pytest.mark.slow
 def test_pick_ranks_the_snapshots_and_sample_takes_the_choice(tiny_model, concept_dir, tmp_path, capsys):
     from cat_adapter.cli.main import main
 
@@ -118,6 +120,7 @@ def test_pick_refuses_in_one_line_and_writes_nothing(tiny_model, concept_dir, tm
     assert not (out / "pick.json").exists()
 
 
+@pytest.mark.slow
 def test_image_metrics_on_the_validation_grids_with_clip(tiny_model, concept_dir, tmp_path):
     from cat_adapter.testing.tiny_clip import build_tiny_clip
 

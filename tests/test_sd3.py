@@ -80,6 +80,7 @@ def test_objective_uses_the_models_shifted_training_sigmas(sd3):
     assert 0.6 < float(sigma.mean()) < 0.75 and float(sigma.min()) > 0
 
 
+@pytest.mark.slow
 def test_cat_alpha_zero_equals_lora_and_alpha_one_lowers_the_drift(sd3, concept_dir, tmp_path):
     common = train_overrides(sd3, concept_dir, None, steps=6, lr=5e-3, cpu=True)
     cat = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat"}), progress=False)

@@ -99,6 +99,7 @@ def test_trigger_and_y_inside_the_chat_template(zimage, concept_dir, tmp_path, m
     assert "ĠsksĠcircle" in "".join(user) and all(len(t) == 1 for t in user)   # byte-level BPE, in the user turn
 
 
+@pytest.mark.slow
 def test_cat_alpha_zero_equals_lora_and_alpha_one_lowers_the_drift(zimage, concept_dir, tmp_path):
     common = train_overrides(zimage, concept_dir, None, steps=6, lr=5e-3, cpu=True)
     cat = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat"}), progress=False)
