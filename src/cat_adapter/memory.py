@@ -38,7 +38,6 @@ import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -427,7 +426,7 @@ def estimate(o: MemoryOptions) -> Estimate:
     from cat_adapter.config import build_config
     from cat_adapter.data.batch import Batch, Noised
     from cat_adapter.methods.base import build_method
-    from cat_adapter.models import Cond, ModelSpec
+    from cat_adapter.models import Cond
 
     if o.batch_size < 1:
         raise CatAdapterError(f"--batch-size {o.batch_size}: must be at least 1")
