@@ -21,7 +21,7 @@ import torch
 from cat_adapter.diffusion import FlowMatchObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, register_family
-from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.pipeline import DiTLayout, PipelineFamily, load_pipeline
 from cat_adapter.models.text import TextSide
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -82,8 +82,7 @@ class ClipT5Text(TextSide):
         return self._encode(p.ids, p.extra["ids_2"], wrapped.get("text_encoder"), wrapped.get("text_encoder_2"))
 
 
-
-class FluxModel(PipelineFamily):
+class FluxModel(DiTLayout, PipelineFamily):
     """A loaded ``FluxPipeline``."""
 
     family = "flux"
@@ -151,10 +150,6 @@ class FluxModel(PipelineFamily):
         return pipe._unpack_latents(out, h * f, w * f, f)
 
     # ------------------------------------------------------------------------------------ latents
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        return int(self.pipe.vae.config.latent_channels), height // f, width // f
-
     @property
     def size_multiple(self) -> int:
         """The VAE factor times the 2x2 packing."""
@@ -171,12 +166,6 @@ class FluxModel(PipelineFamily):
 
         b, c, h, w = latents.shape
         return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-    def pipeline_kwargs(self, lora_scale: float | None) -> dict:
-        kwargs = {"max_sequence_length": self.text.max_sequence_length}
-        if lora_scale is not None:
-            kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
-        return kwargs
 
 
 def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> FluxModel:

@@ -143,6 +143,24 @@ class UNetLayout:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
 
+class DiTLayout:
+    """What the transformer families (Flux, SD3, Z-Image, Chroma) share: latents with the VAE's channels at its
+    scale factor, and the pipeline's prompt length and LoRA scale as their pipelines take them."""
+
+    pipe: Any
+    text: Any
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        f = self.pipe.vae_scale_factor
+        return int(self.pipe.vae.config.latent_channels), height // f, width // f
+
+    def pipeline_kwargs(self, lora_scale: float | None) -> dict:
+        kwargs = {"max_sequence_length": self.text.max_sequence_length}
+        if lora_scale is not None:
+            kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
+        return kwargs
+
+
 class PipelineFamily:
     """The plumbing of ``ModelFamily`` for a diffusers pipeline: identity, placement, graded passes, VAE encoding, the
     LoRA file through the family's pipeline class, the full denoiser's folder.

@@ -24,7 +24,7 @@ import torch
 from cat_adapter.diffusion import FlowMatchObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, register_family
-from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.pipeline import DiTLayout, PipelineFamily, load_pipeline
 from cat_adapter.models.text import TextSide
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -103,7 +103,7 @@ class ClipClipT5Text(TextSide):
         return self._encode(p.ids, p.extra["ids_2"], p.extra.get("ids_3"), wrapped)
 
 
-class SD3Model(PipelineFamily):
+class SD3Model(DiTLayout, PipelineFamily):
     """A loaded ``StableDiffusion3Pipeline`` (SD3 medium, SD3.5 medium / large / large turbo)."""
 
     family = "sd3"
@@ -151,10 +151,6 @@ class SD3Model(PipelineFamily):
                           pooled_projections=cond.pooled, return_dict=False, **kwargs)[0]
 
     # ------------------------------------------------------------------------------------ latents
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        return int(self.pipe.vae.config.latent_channels), height // f, width // f
-
     @property
     def size_multiple(self) -> int:
         """The VAE factor times the transformer's patch size."""
@@ -163,12 +159,6 @@ class SD3Model(PipelineFamily):
     @property
     def default_resolution(self) -> int:
         return int(self.pipe.transformer.config.sample_size * self.pipe.vae_scale_factor)
-
-    def pipeline_kwargs(self, lora_scale: float | None) -> dict:
-        kwargs = {"max_sequence_length": self.text.max_sequence_length}
-        if lora_scale is not None:
-            kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
-        return kwargs
 
 
 def _without_t5(resolved: str) -> bool:

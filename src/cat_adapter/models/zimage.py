@@ -27,7 +27,7 @@ import torch
 from cat_adapter.diffusion import FlowMatchObjective
 from cat_adapter.errors import CatAdapterError
 from cat_adapter.models.base import Cond, Family, ModelSpec, TokenIds, register_family
-from cat_adapter.models.pipeline import PipelineFamily, load_pipeline
+from cat_adapter.models.pipeline import DiTLayout, PipelineFamily, load_pipeline
 from cat_adapter.models.text import TextSide
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -113,7 +113,7 @@ class ChatLLMText(TextSide):
         return [h[m] for h, m in zip(cond.hidden, cond.extra["mask"].bool())]
 
 
-class ZImageModel(PipelineFamily):
+class ZImageModel(DiTLayout, PipelineFamily):
     """A loaded ``ZImagePipeline``."""
 
     family = "zimage"
@@ -158,10 +158,6 @@ class ZImageModel(PipelineFamily):
         return -torch.stack(out, dim=0).squeeze(2)
 
     # ------------------------------------------------------------------------------------ latents
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        return int(self.pipe.vae.config.latent_channels), height // f, width // f
-
     @property
     def size_multiple(self) -> int:
         """The VAE factor times the 2x2 patches."""
@@ -170,12 +166,6 @@ class ZImageModel(PipelineFamily):
     @property
     def default_resolution(self) -> int:
         return 1024   # ZImagePipeline's default height and width
-
-    def pipeline_kwargs(self, lora_scale: float | None) -> dict:
-        kwargs = {"max_sequence_length": self.text.max_sequence_length}
-        if lora_scale is not None:
-            kwargs["joint_attention_kwargs"] = {"scale": lora_scale}
-        return kwargs
 
 
 def build(spec: ModelSpec, resolved: str, dtype: torch.dtype) -> ZImageModel:
