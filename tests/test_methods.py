@@ -1,4 +1,5 @@
-"""CAT's loss and gradients: fast == lean == a reference with a separate frozen copy; alpha 0 == LoRA."""
+"""CAT's loss and gradients: fast == lean == a reference with a separate frozen copy; alpha 0 == LoRA; with a pool,
+the caption's y term at full alpha plus the pool's mean term times --preserve-pool-weight."""
 
 import copy
 
@@ -44,8 +45,9 @@ def grads(m, batch):
     return out, [p.grad.clone() if p.grad is not None else None for p in m.parameters()]
 
 
-def reference_grads(m, base, batch, alpha):
-    """Eq. 3 written out with a deep copy of the base U-Net as the frozen model."""
+def reference_grads(m, base, batch, alpha, pool_weight=1.0):
+    """Eq. 3 written out with a deep copy of the base U-Net as the frozen model; pool prompts add their mean term
+    times ``pool_weight`` to y's."""
     for p in m.parameters():
         p.grad = None
     inst, obj = batch.instance, m.model.objective
@@ -61,18 +63,18 @@ def reference_grads(m, base, batch, alpha):
         with torch.no_grad():
             frozen = base(z_t, inst.timesteps, c).sample
         pres.append(torch.nn.functional.mse_loss(unet(z_t, inst.timesteps, c).sample, frozen))
-    loss = ident + alpha * torch.stack(pres).mean()
+    loss = ident + alpha * (pres[0] + (pool_weight * torch.stack(pres[1:]).mean() if len(pres) > 1 else 0.0))
     loss.backward()
     return loss, [p.grad.clone() for p in m.parameters()]
 
 
-@pytest.mark.parametrize("pool", [0, 2])
-def test_fast_lean_and_reference_give_the_same_gradients(tiny_model, pool):
+@pytest.mark.parametrize("pool,weight", [(0, 1.0), (2, 1.0), (3, 0.25)])
+def test_fast_lean_and_reference_give_the_same_gradients(tiny_model, pool, weight):
     batch = make_batch(pool=pool)
-    lean, base = make(tiny_model, cat_mode="lean", cat_alpha=0.7)
+    lean, base = make(tiny_model, cat_mode="lean", cat_alpha=0.7, preserve_pool_weight=weight)
     out_lean, g_lean = grads(lean, batch)
-    ref_loss, g_ref = reference_grads(lean, base, batch, 0.7)
-    fast, _ = make(tiny_model, cat_mode="fast", cat_alpha=0.7)
+    ref_loss, g_ref = reference_grads(lean, base, batch, 0.7, weight)
+    fast, _ = make(tiny_model, cat_mode="fast", cat_alpha=0.7, preserve_pool_weight=weight)
     out_fast, g_fast = grads(fast, batch)
     assert abs(out_lean.total.item() - ref_loss.item()) < 1e-5
     assert abs(out_fast.total.item() - ref_loss.item()) < 1e-5

@@ -100,6 +100,21 @@ def test_one_concept_is_the_same_code(tmp_path):
     assert (spec.name, spec.trigger, spec.class_noun) == ("x", "sks", "circle")
 
 
+@pytest.mark.parametrize("given, expected", [({}, 8), ({"rank": 4}, 4), ({"rank": 6}, 6)])
+def test_several_concepts_default_to_the_singles_rank_together(tmp_path, given, expected):
+    from cat_adapter.config import build_config
+    from cat_adapter.training.guard import _capacity
+
+    path = write_concepts(tmp_path)
+    cfg = build_config(overrides=dict(model="toy", concepts=str(path), output="o", **given))
+    assert cfg.lora.rank == expected               # an explicit --rank wins, also when it is the single default
+    specs = concept_specs(cfg.data)
+    assert f"LoRA rank {expected} for 2 concepts" in _capacity(cfg, specs)
+    one = build_config(overrides=dict(model="toy", data=str(tmp_path / "a"), output="o", trigger="sks",
+                                      class_noun="circle"))
+    assert one.lora.rank == 4 and _capacity(one, concept_specs(one.data)) == ""
+
+
 @pytest.mark.parametrize("extra, needle", [
     ([{"name": "c", "data": "c", "trigger": "sks", "class_noun": "star"}], "share the trigger"),
     ([{"name": "c", "data": "c", "trigger": "sks dog", "class_noun": "cat"}], "contains trigger 'sks'"),

@@ -10,7 +10,7 @@ import pytest
 from cat_adapter.cli.main import main
 from cat_adapter.data.concept import load_concept
 from cat_adapter.errors import CatAdapterError
-from cat_adapter.toy.concept import concept_scenes, validate_spec, write_concept
+from cat_adapter.toy.concept import concept_scenes, look_key, random_specs, validate_spec, write_concept
 from cat_adapter.toy.world import (COLORS, PALETTE, PATTERN_WORDS, SHAPES, caption, caption_named, consistent, render,
                                    sample_pair,
                                    sample_scene)
@@ -115,3 +115,17 @@ def test_toy_concept_cli(tmp_path, capsys):
     assert main(["toy", "concept", "--spec", str(tmp_path / "bad.json"), "--output", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "solid, stripes, dots" in err and not (tmp_path / "d").exists()
+
+
+def test_random_concepts_are_seeded_distinct_balanced_and_leave_out_what_is_used():
+    specs = random_specs(12, 7)
+    assert specs == random_specs(12, 7) and specs != random_specs(12, 8)
+    keys = [look_key(s) for s in specs]
+    assert len(set(keys)) == 12 and len({s["trigger"] for s in specs}) == 12
+    counts = [sum(s["class_noun"] == shape for s in specs) for shape in SHAPES]
+    assert min(counts) >= 2 and max(counts) <= 3          # classes dealt in rounds of the five shapes
+    for s in specs:
+        assert validate_spec(dict(s)) == s                  # every draw is a valid spec
+    again = random_specs(12, 7, exclude={keys[0]}, exclude_triggers={specs[1]["trigger"]})
+    assert keys[0] not in {look_key(s) for s in again}
+    assert specs[1]["trigger"] not in {s["trigger"] for s in again}

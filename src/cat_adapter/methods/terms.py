@@ -184,7 +184,7 @@ def run_terms(method, batch, backward: BackwardFn) -> LossOutput:
         frozen_targets()
         total = data_total.detach()
         for term, r in held:
-            values[term.name] = term.loss(_predict(model, [r])[0], r.target)
+            values[term.name] = _loss(term, _predict(model, [r])[0], r)
             backward(term.weight * values[term.name])  # also at weight 0: a zero gradient, LoRA's update bit for bit
             total = total + term.weight * values[term.name].detach()
     # (meta tensors, the memory estimate's step, have no value to log)

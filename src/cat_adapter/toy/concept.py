@@ -130,3 +130,43 @@ def pool_prompts(spec: dict) -> list[str]:
     """A preservation pool of coloured prompts of the other classes (never a control prompt)."""
     others = [s for s in SHAPES if s != spec["class_noun"]]
     return [f"{_article(c)} {c} {s}" for i, s in enumerate(others) for c in (COLORS[(2 * i) % 8], COLORS[(2 * i + 5) % 8])]
+
+
+# ------------------------------------------------------------------------------------------ random concepts
+def look_key(spec: dict) -> tuple:
+    """(class noun, fill, pattern, outline): what tells two concepts apart (pattern colour aside, as the analyzer)."""
+    look = concept_look(spec)
+    return (spec["class_noun"], look["fill"], look["pattern"], look["outline"])
+
+
+def random_specs(n: int, seed: int, *, exclude: set[tuple] = frozenset(), exclude_triggers: set[str] = frozenset()
+                 ) -> list[dict]:
+    """``n`` concept specs drawn from the world's attribute space with ``seed``: classes dealt in shuffled rounds
+    of the five shapes (each class as often as ``n`` allows), then fill, pattern (and its colour) and outline as the
+    world draws them (an outline on 40 % of concepts); triggers of three random consonants. A draw whose ``look_key`` is in ``exclude`` (concepts already in use) or
+    repeats an earlier one is drawn again, as is a trigger in ``exclude_triggers``."""
+    rng = random.Random(f"random-concepts-{seed}")
+    classes: list[str] = []
+    while len(classes) < n:
+        round_ = list(SHAPES)
+        rng.shuffle(round_)
+        classes += round_
+    taken, triggers, out = set(exclude), {t.lower() for t in exclude_triggers}, []
+    for noun in classes[:n]:
+        while True:
+            fill = rng.choice(COLORS)
+            pattern = rng.choice(PATTERNS)
+            outline = rng.choice([c for c in COLORS if c != fill]) if rng.random() < 0.4 else "none"
+            appearance = {"fill": fill, "pattern": pattern, "outline": outline}
+            if pattern != "solid":
+                appearance["pattern_color"] = rng.choice([c for c in COLORS if c not in (fill, outline)])
+            trigger = "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(3))
+            spec = validate_spec({"class_noun": noun, "trigger": trigger, "appearance": appearance,
+                                  "name": f"{trigger}_{noun}"}, "random concept")
+            key = look_key(spec)
+            if key not in taken and trigger not in triggers:
+                break
+        taken.add(key)
+        triggers.add(trigger)
+        out.append(spec)
+    return out

@@ -90,7 +90,18 @@ def startup_summary(cfg: TrainConfig, items: list[ConceptItem], specs: list[Conc
     return (f"{cfg.method.method} on a {model.family} model: {len(items)} images ({from_txt} captioned by .txt files, "
             f"{len(items) - from_txt} by the caption template) of {concepts}; {o.steps} steps of batch "
             f"{o.batch_size} x {o.gradient_accumulation_steps} x {accelerator.num_processes} process(es) on "
-            f"{accelerator.device.type}, mixed precision {r.mixed_precision}{quant}")
+            f"{accelerator.device.type}, mixed precision {r.mixed_precision}{quant}{_capacity(cfg, specs)}")
+
+
+def _capacity(cfg: TrainConfig, specs: list[ConceptSpec]) -> str:
+    """For several concepts in one LoRA: its rank, against the default of the singles' ranks together."""
+    from cat_adapter.methods.lora.config import RANK_PER_CONCEPT
+    from cat_adapter.methods.registry import get_spec
+
+    if len(specs) < 2 or "lora" not in get_spec(cfg.method.method).sections:
+        return ""
+    return (f"; LoRA rank {cfg.lora.rank} for {len(specs)} concepts (default {RANK_PER_CONCEPT} per concept; "
+            "--rank sets it)")
 
 
 def warn_small_images(items: list[ConceptItem], resolution: int, *, buckets: bool = False) -> list[str]:

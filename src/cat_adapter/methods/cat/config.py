@@ -35,8 +35,9 @@ class PreservationOptions:
                                     "from the caption template with other class nouns and attributes (docs/methods.md).")
     preserve_pool_nouns: str | None = opt(None, path="in", help="With --preserve-pool auto: a file of class nouns (one per line) to "
                                           "swap in, instead of the built-in list (the toy world: its shapes).")
-    preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step; their preservation "
-                                  "terms are averaged with the caption's.")
+    preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step, on the caption's noisy latents.")
+    preserve_pool_weight: float = opt(1.0, "Weight of the pool's mean preservation term beside the caption's y term "
+                                      "(the term is y's + W x the pool's; y keeps the paper's full alpha).")
 
     @property
     def auto(self) -> bool:
@@ -59,6 +60,7 @@ class PreservationOptions:
         check(self.cat_every >= 1, "--cat-every", f"must be >= 1 (got {self.cat_every}); 1 runs the term every step")
         check(0 < self.cat_fraction <= 1, "--cat-fraction", f"must be in (0, 1] (got {self.cat_fraction})")
         check(self.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
+        check(self.preserve_pool_weight >= 0, "--preserve-pool-weight", f"must be >= 0 (got {self.preserve_pool_weight})")
         check(self.preserve_pool_nouns is None or self.preserve_pool == "auto", "--preserve-pool-nouns",
               "is read with --preserve-pool auto only")
         from cat_adapter.methods.registry import active_terms, get_spec

@@ -10,14 +10,24 @@ from cat_adapter.methods.terms import Rows, Term
 from cat_adapter.models.base import Cond
 
 
-def preservation_loss(pred_plain_adapted: torch.Tensor, pred_plain_frozen: torch.Tensor) -> torch.Tensor:
+def preservation_loss(pred_plain_adapted: torch.Tensor, pred_plain_frozen: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """||eps_theta(z_t, t, tau(y)) - eps_{theta_L,theta_R}(z_t, t, tau(y))||^2 (Eq. 3 without alpha).
 
-    ``pred_plain_frozen`` is the frozen base model's prediction (no gradient). With several
-    trigger-free prompts (the caption's y and pool prompts, stacked along the batch), the mean over
-    all elements equals the mean of the per-prompt terms, so alpha keeps its meaning.
+    ``pred_plain_frozen`` is the frozen base model's prediction (no gradient). With pool prompts stacked after the
+    caption's y rows, ``weights`` (``pool_weights``) make it the y term plus the pool's mean term times the pool
+    weight, so the caption's y keeps the paper's full alpha whatever the pool.
     """
-    return mse(pred_plain_adapted, pred_plain_frozen.detach())
+    return mse(pred_plain_adapted, pred_plain_frozen.detach(), weights)
+
+
+def pool_weights(rows_y: int, pool_prompts: int, pool_weight: float) -> torch.Tensor:
+    """Per-row weights of [y (B rows); K pool prompts x B rows] under which the rows' weighted mean is
+    mean(y rows) + pool_weight x mean(pool rows)."""
+    n = rows_y * (1 + pool_prompts)
+    w = torch.full((n,), float(n) / rows_y)
+    w[rows_y:] = pool_weight * n / (rows_y * pool_prompts)
+    return w
 
 
 def plain_inputs(z_t: torch.Tensor, t: torch.Tensor, plain: Cond, pool: Cond | None):
@@ -91,6 +101,7 @@ class PreservationTerm(Term):
         self.every = int(p.cat_every)
         self.dual = DualAlpha(p.preservation_target, p.cat_alpha_init, p.cat_alpha_lr) if p.auto else None
         self.fixed = None if p.auto else float(p.cat_alpha)
+        self.pool_weight = float(p.preserve_pool_weight)
 
     @property
     def alpha(self) -> float:
@@ -139,6 +150,7 @@ class PreservationTerm(Term):
                                 s.frozen_prompts("pool") if pool else None)[2]
 
         trained_encoder = getattr(s.model.text, "encoder_trained", False)
-        return Rows(z, t, cond, None, frozen_cond=frozen if trained_encoder else None, micro=micro)
+        weights = pool_weights(len(z_t), len(z) // len(z_t) - 1, self.pool_weight).to(z.device) if pool else None
+        return Rows(z, t, cond, None, weights=weights, frozen_cond=frozen if trained_encoder else None, micro=micro)
 
     loss = staticmethod(preservation_loss)

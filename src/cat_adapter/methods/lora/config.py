@@ -7,9 +7,25 @@ from dataclasses import dataclass
 from cat_adapter.options import check, opt
 
 
+RANK_PER_CONCEPT = 4
+
+
+def concept_count(cfg) -> int:
+    """How many concepts the run trains (1 when the data options are still to be checked)."""
+    from cat_adapter.data.concepts import concept_specs
+    from cat_adapter.errors import CatAdapterError
+
+    try:
+        return max(1, len(concept_specs(cfg.data)))
+    except (CatAdapterError, OSError, TypeError):
+        return 1
+
+
 @dataclass
 class LoraOptions:
-    rank: int = opt(4, "LoRA rank r.")
+    rank: int | None = opt(None, f"LoRA rank r. Default: {RANK_PER_CONCEPT}, times the number of concepts when one adapter "
+                           "trains several (--concepts, or a kohya folder layout): several concepts need their singles' "
+                           "capacity together (docs/benchmarks.md, several concepts).")
     lora_alpha: float | None = opt(None, "LoRA scaling numerator (scale = lora_alpha / rank); none means rank.")
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch.")
     target_modules: list[str] | None = opt(None, "Denoiser modules that get LoRA (comma-separated names). Default: "
@@ -36,6 +52,8 @@ class LoraOptions:
                                  choices=("gaussian", "true", "orthogonal"))
 
     def validate(self, cfg) -> None:
+        if self.rank is None:
+            self.rank = RANK_PER_CONCEPT * concept_count(cfg)   # resolved here so the saved config holds the value
         check(self.rank > 0, "--rank", f"must be >= 1 (got {self.rank})")
         check(self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", "must be > 0")
         check(0 <= self.lora_dropout < 1, "--lora-dropout", "must be in [0, 1)")
