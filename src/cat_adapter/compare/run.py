@@ -173,7 +173,7 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     if not job.is_base:
         variant = plan.variant(job.variant)
         opts = train_options(plan, concept, variant, job.seed, train_dir, data=data, pool=inputs.get("pool"))
-        check_pool_controls(opts, [inputs.get("control_prompts")], plan.source)
+        hold_out_controls(opts, [inputs.get("control_prompts")], folder)
         _train_job(opts, folder, out, cpu=cpu, progress=progress)
         record.update(method=variant.method, options=variant.options, sweep=variant.sweep,
                       **_train_profile(train_dir, folder))
@@ -197,24 +197,21 @@ def run_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progress: boo
     return record
 
 
-def check_pool_controls(opts: dict, control_files: list, source: str) -> None:
-    """``preserve_pool: auto`` must share no prompt with the evaluation's control prompts: leakage on a prompt the
-    preservation term trained on would measure memorised preservation, not generalisation."""
+def hold_out_controls(opts: dict, control_files: list, folder: Path) -> None:
+    """Under ``preserve_pool: auto`` the evaluation's control prompts are left out of the pool (``FOLDER/pool_exclude.txt``
+    as ``--preserve-pool-exclude``, with any file the variant names): leakage on a prompt the preservation term trained
+    on would measure memorised preservation, not generalisation."""
     if opts.get("preserve_pool") != "auto":
         return
-    from cat_adapter.config import build_config
-    from cat_adapter.data.auto_pool import shared_with
     from cat_adapter.data.concept import load_prompt_file
-    from cat_adapter.methods.cat.loss import load_pool
 
-    pool = load_pool(build_config(overrides=dict(opts)))
-    for f in control_files:
-        if f:
-            shared = shared_with(pool, load_prompt_file(f, "control_prompts"))
-            if shared:
-                raise CatAdapterError(f"{source}: preserve_pool auto shares {len(shared)} prompt(s) with the control "
-                                      f"prompts of {f} ({shared[0]!r}...); leakage must be measured on held-out "
-                                      "prompts: change the control prompts or --preserve-pool-nouns")
+    files = [f for f in control_files if f] + ([opts["preserve_pool_exclude"]] if opts.get("preserve_pool_exclude") else [])
+    if not files:
+        return
+    held = list(dict.fromkeys(p for f in files for p in load_prompt_file(f, "control_prompts")))
+    path = folder / "pool_exclude.txt"
+    write_text_atomic(path, "\n".join(held) + "\n")
+    opts["preserve_pool_exclude"] = str(path.resolve())
 
 
 def _train_job(opts: dict, folder: Path, out: Path, *, cpu: bool, progress: bool) -> None:
@@ -266,7 +263,7 @@ def run_group_job(plan: Plan, job: Job, out: Path, *, cpu: bool = False, progres
         entries.append(entry)
     write_text_atomic(folder / "concepts.yaml", yaml.safe_dump({"concepts": entries}, sort_keys=False))
     opts = train_options(plan, group, variant, job.seed, train_dir, concepts_file=folder / "concepts.yaml")
-    check_pool_controls(opts, [inputs[m.name].get("control_prompts") for m in members], plan.source)
+    hold_out_controls(opts, [inputs[m.name].get("control_prompts") for m in members], folder)
     _train_job(opts, folder, out, cpu=cpu, progress=progress)
     record: dict = {"job": job.id, "concept": job.concept, "variant": job.variant, "seed": job.seed,
                     "concept_kind": "group", "members": group.members, "method": variant.method,

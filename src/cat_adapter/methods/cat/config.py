@@ -32,9 +32,12 @@ class PreservationOptions:
                         "[y_T; y] (faster, more memory). Same gradients.", choices=("lean", "fast"))
     preserve_pool: str | None = opt(None, path="in", help="Text file of extra trigger-free prompts (one per line) that the "
                                     "preservation term also covers (other classes, other attributes); auto: built "
-                                    "from the caption template with other class nouns and attributes (docs/methods.md).")
+                                    "from the captions' subject phrase with class nouns (its own and others) and "
+                                    "attributes, bare classes left out (docs/methods.md).")
     preserve_pool_nouns: str | None = opt(None, path="in", help="With --preserve-pool auto: a file of class nouns (one per line) to "
                                           "swap in, instead of the built-in list (the toy world: its shapes).")
+    preserve_pool_exclude: str | None = opt(None, path="in", help="A file of prompts (one per line) left out of the "
+                                            "pool: held out for evaluation (compare passes its control prompts).")
     preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step, on the caption's noisy latents.")
     preserve_pool_weight: float = opt(1.0, "Weight of the pool's mean preservation term beside the caption's y term "
                                       "(the term is y's + W x the pool's; y keeps the paper's full alpha).")
@@ -61,6 +64,8 @@ class PreservationOptions:
         check(0 < self.cat_fraction <= 1, "--cat-fraction", f"must be in (0, 1] (got {self.cat_fraction})")
         check(self.preserve_pool_size >= 0, "--preserve-pool-size", "must be >= 0")
         check(self.preserve_pool_weight >= 0, "--preserve-pool-weight", f"must be >= 0 (got {self.preserve_pool_weight})")
+        check(self.preserve_pool_exclude is None or bool(self.preserve_pool), "--preserve-pool-exclude",
+              "is read with --preserve-pool only")
         check(self.preserve_pool_nouns is None or self.preserve_pool == "auto", "--preserve-pool-nouns",
               "is read with --preserve-pool auto only")
         from cat_adapter.methods.registry import active_terms, get_spec

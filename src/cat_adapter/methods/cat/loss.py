@@ -41,7 +41,8 @@ def plain_inputs(z_t: torch.Tensor, t: torch.Tensor, plain: Cond, pool: Cond | N
 
 def load_pool(cfg) -> list[str] | None:
     """``--preserve-pool`` and each concept's ``preserve_pool`` (--concepts): one trigger-free prompt per line, the
-    files in that order; a prompt with any concept's trigger is an error naming it."""
+    files in that order, less ``--preserve-pool-exclude``'s prompts; a prompt with any concept's trigger is an error
+    naming it."""
     from cat_adapter.data.concept import load_prompt_file
     from cat_adapter.data.concepts import concept_specs
     from cat_adapter.data.prompts import has_trigger
@@ -51,13 +52,17 @@ def load_pool(cfg) -> list[str] | None:
     p = cfg.preservation
     # (prompt, where it came from, what to do about a trigger in it)
     sources: list[tuple[str, str, str]] = []
+    held = load_prompt_file(p.preserve_pool_exclude, "--preserve-pool-exclude") if p.preserve_pool_exclude else []
     if p.preserve_pool == "auto":
-        from cat_adapter.data.auto_pool import auto_pool
+        from dataclasses import replace
+
+        from cat_adapter.data.auto_pool import auto_pool, subject_template
         from cat_adapter.plugins import world_for
 
         nouns = load_prompt_file(p.preserve_pool_nouns, "--preserve-pool-nouns") if p.preserve_pool_nouns else None
+        phrased = [replace(c, caption_template=subject_template(c)) for c in specs]
         sources += [(x, f"--preserve-pool auto: prompt {x!r}", "remove that noun from --preserve-pool-nouns")
-                    for x in auto_pool(specs, world=world_for(cfg.model.model), nouns=nouns)]
+                    for x in auto_pool(phrased, world=world_for(cfg.model.model), nouns=nouns, exclude=held)]
     files = ([] if p.preserve_pool == "auto" else [(p.preserve_pool, "--preserve-pool")]) + \
         [(c.preserve_pool, f"--concepts ({c.name}) preserve_pool") for c in specs if c.preserve_pool]
     for path, option in files:
@@ -68,6 +73,10 @@ def load_pool(cfg) -> list[str] | None:
         hit = next((c.trigger for c in specs if has_trigger(x, c.trigger)), None)
         if hit:
             raise CatAdapterError(f"{where} contains the trigger '{hit}'; {remedy}")
+    if held:
+        from cat_adapter.data.auto_pool import shared_with
+
+        sources = [src for src in sources if not shared_with([src[0]], held)]
     prompts = [x for x, _, _ in sources]
     return prompts or None
 
