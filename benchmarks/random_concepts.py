@@ -2,27 +2,41 @@
 
 Draws ``--concepts`` (12) concepts from the world's attribute space with a fixed seed (``toy.concept.random_specs``),
 leaving out every look and trigger that a plan, test or benchmark of this repository already uses, trains each
-variant with identical settings and 3 seeds through the ``cat-adapter train`` CLI, and measures every adapter the way
-a user would see it: ``StableDiffusionPipeline`` + ``load_lora_weights``, pixels read with
-``cat_adapter.toy.analyze``. Per (concept, variant, seed):
+variant with identical settings and 3 seeds through the ``cat-adapter train`` CLI (250 steps, lr 1e-3, rank 4,
+batch 2, 32 px), and measures every adapter the way a user would see it: ``StableDiffusionPipeline`` +
+``load_lora_weights``, 30 steps, guidance 7.5, pixels read with ``cat_adapter.toy.analyze``. Per (concept, variant,
+seed):
 
 * control change: mean absolute pixel difference (0-255) between the adapted and the base model's image for the same
   prompt and sampling seed, over the control prompts = the four other shapes in two colours each and the concept's
-  own class in two other colours (10 prompts) x ``--control-seeds`` seeds (4, the issue's protocol); split into other-class and own-class prompts;
-* control concept rate: share of those control images that show the concept's look (fill, pattern, outline);
-* class concept rate ("a {class}") and trigger concept rate ("a {trigger} {class}"), ``--rate-images`` (12) each;
+  own class in two other colours (10 prompts) x ``--control-seeds`` (4) seeds; split into other-class and own-class
+  prompts, with the share of images whose background flipped between light and dark;
+* control look rate: share of those control images that show the concept's look (fill, pattern, outline);
+* class rate ("a {class}") and trigger rate ("a {trigger} {class}"), ``--rate-images`` (12) each, beside the base
+  model's class rate (a look the base draws by itself: solid colours without outline);
 * base fidelity: toy-CLIP cosine between the base and the adapted image of "a {class}", same seed (mean).
 
-Several concepts in one adapter: the concepts are dealt into groups of 3 of three different classes, each trained
-with ``--concepts`` at the CLI's default capacity (250 steps per concept); measured per member: own look on its
-trigger, any other member's look on its trigger, its look on its bare class prompt.
+Variants: lora, cat (alpha 1), cat_pool_before (the automatic pool until commit 9b66a8f), cat_pool (the automatic pool
+now, the control prompts held out, pool weight 1), cat_pool_w3 (the same at pool weight 3, now the default) and the
+one-seed probe cat_pool_k6 (6 pool prompts per step). Several concepts in one adapter: the concepts are dealt into 4 groups of 3 of three different
+classes, each trained with ``--concepts`` at the CLI's default rank (4 per concept) for 750 steps, CAT alpha 1 and
+4; measured per member: own look on its trigger, any other member's look on its trigger, its look on its bare class
+prompt (16 images each).
 
     python benchmarks/random_concepts.py draw                          # the concepts and groups, as JSON
     OMP_NUM_THREADS=1 python benchmarks/random_concepts.py run runs/random_concepts --shard 1/2 &
     OMP_NUM_THREADS=1 python benchmarks/random_concepts.py run runs/random_concepts --shard 2/2
+    python benchmarks/random_concepts.py run runs/random_concepts --only groups --group-variants cat_alpha4
+    python benchmarks/random_concepts.py run runs/random_concepts --only single --variants cat_pool_w3
+    python benchmarks/random_concepts.py run runs/random_concepts --only single --variants cat_pool_k6 --seeds 0
     python benchmarks/random_concepts.py report runs/random_concepts   # -> benchmarks/results/random_concepts.*
+    python benchmarks/random_concepts.py report runs/random_concepts --seeds 0 --output benchmarks/results/random_concepts_seed0
 
-``run`` is resumable (a job with ``measure.json`` is skipped) and ``--only single|groups`` runs one part.
+``run`` is resumable (a job with ``measure.json`` is skipped); two processes with ``--shard 1/2`` and ``2/2`` split
+the jobs. Time on the 2-core machine: lora, cat and cat_pool_before x 3 seeds with the 12 alpha-1 groups took 89 min
+as two shards while other runs shared the cores; a job takes 20-40 s of training (LoRA to CAT with a pool) and
+10-15 s of sampling at one thread, a group about 85 s, so the default run (180 jobs + 12 groups) needs about 90
+min as two shards, the alpha-4 groups and the probe 10 min more each.
 """
 
 from __future__ import annotations
@@ -50,9 +64,16 @@ CAT = ["--method", "cat", "--cat-alpha", "1", "--cat-mode", "fast"]   # fast: le
 VARIANTS = {
     "lora": ["--method", "lora"],
     "cat": CAT,
-    "cat_pool": [*CAT, "--preserve-pool", "auto"],
-    # the automatic pool plus the concept's own class with every attribute but the two control colours (own_pool)
-    "cat_pool_own": [*CAT, "--preserve-pool", "{own_pool}"],
+    # --preserve-pool auto until commit 9b66a8f: other classes only, in the caption template's phrasing ("a photo of
+    # red star": captions from .txt files do not use the template), as a file of the same prompts in the same order
+    "cat_pool_before": [*CAT, "--preserve-pool", "{before_pool}"],
+    # --preserve-pool auto now: every class with one attribute, in the captions' phrasing ("a red star", "a green
+    # square"), the 10 control prompts held out; as a file of that prompt set (checked against the code's auto pool)
+    "cat_pool": [*CAT, "--preserve-pool", "{auto_pool}", "--preserve-pool-weight", "1"],
+    # the pool's strength: three times the weight (the default since, 3 seeds) and three times the prompts per step
+    # (a probe on seed 0)
+    "cat_pool_w3": [*CAT, "--preserve-pool", "{auto_pool}", "--preserve-pool-weight", "3"],
+    "cat_pool_k6": [*CAT, "--preserve-pool", "{auto_pool}", "--preserve-pool-weight", "1", "--preserve-pool-size", "6"],
 }
 GROUP_VARIANTS = {"cat": CAT, "cat_alpha4": ["--method", "cat", "--cat-alpha", "4", "--cat-mode", "fast"],
                   "lora": ["--method", "lora"]}
@@ -124,20 +145,41 @@ def control_prompts(spec: dict, look: dict) -> list[tuple[str, str]]:
     return out
 
 
-def own_pool(spec: dict) -> list[str]:
-    """``--preserve-pool auto``'s prompts for the concept plus its own class with each world attribute, less the
-    benchmark's control prompts (so they stay held out)."""
-    from types import SimpleNamespace
-
-    from cat_adapter.data.auto_pool import _articles, auto_pool
-    from cat_adapter.toy.concept import concept_look
+def before_pool(spec: dict, data: Path) -> list[str]:
+    """What ``--preserve-pool auto`` built until commit 9b66a8f for a toy concept with .txt captions: the other classes
+    x the world's attributes in the default caption template's phrasing ("a photo of red circle")."""
+    from cat_adapter.data.auto_pool import _articles
     from cat_adapter.toy.plugin import ShapesWorld
+    from cat_adapter.toy.world import SHAPES
 
     world = ShapesWorld()
-    c = SimpleNamespace(class_noun=spec["class_noun"], trigger=spec["trigger"], caption_template="a {trigger} {class_noun}")
+    return list(dict.fromkeys(_articles("a photo of " + a.format(noun=n)) for n in SHAPES if n != spec["class_noun"]
+                              for a in world.attributes()))
+
+
+def own_pool(spec: dict, data: Path) -> list[str]:
+    """The prompt set ``--preserve-pool auto --preserve-pool-exclude CONTROLS`` builds now for the concept (its own
+    class and the others with one attribute, in its captions' phrasing, the control prompts left out), in the order
+    the benchmark ran it (other classes first, then the own class); checked against the code's pool."""
+    from types import SimpleNamespace
+
+    from cat_adapter.data.auto_pool import _articles, auto_pool, subject_template
+    from cat_adapter.data.concepts import ConceptSpec
+    from cat_adapter.toy.concept import concept_look
+    from cat_adapter.toy.plugin import ShapesWorld
+    from cat_adapter.toy.world import SHAPES
+
+    world = ShapesWorld()
     held = {p for _, p in control_prompts(spec, concept_look(spec))}
+    others = [_articles("a " + a.format(noun=n)) for n in SHAPES if n != spec["class_noun"] for a in world.attributes()]
     own = [_articles("a " + a.format(noun=spec["class_noun"])) for a in world.attributes()]
-    return [p for p in dict.fromkeys(auto_pool([c], world=world) + own) if p not in held]
+    pool = [p for p in dict.fromkeys(others + own) if p not in held]
+    c = ConceptSpec(spec["name"], str(data), spec["trigger"], spec["class_noun"], "a photo of {trigger} {class_noun}")
+    code = auto_pool([SimpleNamespace(**{**c.__dict__, "caption_template": subject_template(c)})], world=world,
+                     exclude=sorted(held))
+    if set(code) != set(pool):
+        raise SystemExit(f"{spec['name']}: the code's auto pool differs from the benchmark's ({len(code)} vs {len(pool)})")
+    return pool
 
 
 def _a(word: str) -> str:
@@ -271,10 +313,11 @@ def single_job(root: Path, spec: dict, variant: str, seed: int, sampler: Sampler
         return
     data = prepare_concept(root, spec)
     args = VARIANTS[variant]
-    if "{own_pool}" in args:
-        job.mkdir(parents=True, exist_ok=True)
-        (job / "pool.txt").write_text("\n".join(own_pool(spec)) + "\n")
-        args = [str(job / "pool.txt") if x == "{own_pool}" else x for x in args]
+    for key, build in (("{before_pool}", before_pool), ("{auto_pool}", own_pool)):
+        if key in args:
+            job.mkdir(parents=True, exist_ok=True)
+            (job / "pool.txt").write_text("\n".join(build(spec, data)) + "\n")
+            args = [str(job / "pool.txt") if x == key else x for x in args]
     seconds = train(job, ["--data", str(data), "--trigger", spec["trigger"], "--class-noun", spec["class_noun"],
                           *SHARED, *args, "--seed", str(seed)])
     base = base_images(root, spec, sampler, a)
@@ -400,16 +443,18 @@ def report(a) -> None:
         "class_excess": lambda d: d["class_rate"] - d["base_class_rate"],
         "trigger_rate": lambda d: d["trigger_rate"], "base_fidelity": lambda d: d["base_fidelity"],
         "train_seconds": lambda d: d["train_seconds"],
+        "background_flips": lambda d: background_flips(root / "jobs" / f"{d['concept']}-{d['variant']}-{d['seed']}"),
     }
     # per variant, measure, concept: the mean over training seeds (only concepts with every seed)
     complete = {v: [s["name"] for s in specs if all((s["name"], v, x) in jobs for x in seeds)] for v in variants}
+    variants = [v for v in variants if complete[v]]
     table = {v: {m: {n: float(np.mean([fn(jobs[(n, v, x)]) for x in seeds])) for n in complete[v]}
                  for m, fn in measures.items()} for v in variants}
     summary = {}
     for v in variants:
         row = {m: ci95(list(table[v][m].values())) for m in measures}
-        if v != "lora" and "lora" in table:
-            names = [n for n in complete[v] if n in complete["lora"]]
+        names = [n for n in complete[v] if n in complete.get("lora", [])]
+        if v != "lora" and names:
             ratio = {n: table[v]["control_change"][n] / table["lora"]["control_change"][n] for n in names}
             trig = {n: table[v]["trigger_rate"][n] - table["lora"]["trigger_rate"][n] for n in names}
             wins = sum(r < 1 for r in ratio.values())
@@ -427,8 +472,18 @@ def report(a) -> None:
     within = [float(np.std([c["diff"] for c in d["control"]], ddof=1) / math.sqrt(len(d["control"]))) for d in jobs.values()]
     across = [float(np.std([change(jobs[(n, v, x)]) for x in seeds], ddof=1))
               for v in variants for n in complete[v]] if len(seeds) > 1 else []
+    fresh = []   # two base images of one control prompt at different sampling seeds: a decorrelated sample
+    for sp in specs:
+        path = root / "concepts" / f"{sp['name']}.base.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                c = z["control"].astype(np.float64)
+            k = len(c) // 10
+            c = c.reshape(10, k, *c.shape[1:])
+            fresh += [float(np.abs(c[p, i] - c[p, j]).mean()) for p in range(10) for i in range(k) for j in range(i + 1, k)]
     noise = {"sampling_se_per_job": float(np.mean(within)) if within else None,
-             "training_seed_sd": float(np.mean(across)) if across else None}
+             "training_seed_sd": float(np.mean(across)) if across else None,
+             "fresh_seed_change": float(np.mean(fresh)) if fresh else None}
 
     def cell(v, m, d=1):
         mean, half = summary[v][m]
@@ -438,11 +493,11 @@ def report(a) -> None:
     lines = [f"{n_concepts} random concepts x {len(seeds)} training seeds, {' '.join(SHARED)}; mean ± 95% interval "
              "over concepts of each concept's mean over seeds. Control change: mean |adapted - base| pixel (0-255), "
              "same prompt and sampling seed, 10 control prompts x 4 seeds.", "",
-             "| variant | control change | other-class prompts | own-class prompts | control look rate (base) | "
-             "class rate (base) | trigger rate | base fidelity | train s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | control change | other-class prompts | own-class prompts | background flips | control look rate "
+             "(base) | class rate (base) | trigger rate | base fidelity | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         lines.append(f"| {v} | {cell(v, 'control_change')} | {cell(v, 'change_other_class')} | "
-                     f"{cell(v, 'change_own_class')} | {cell(v, 'control_look', 3)} ({summary[v]['base_control_look'][0]:.3f}) | "
+                     f"{cell(v, 'change_own_class')} | {cell(v, 'background_flips', 2)} | {cell(v, 'control_look', 3)} ({summary[v]['base_control_look'][0]:.3f}) | "
                      f"{cell(v, 'class_rate', 3)} ({summary[v]['base_class_rate'][0]:.3f}) | {cell(v, 'trigger_rate', 2)} | "
                      f"{cell(v, 'base_fidelity', 3)} | {cell(v, 'train_seconds', 0)} |")
     lines += ["", "Against LoRA, per concept (the goal: control change below LoRA's on >= 90% of concepts, never more than "
@@ -459,7 +514,9 @@ def report(a) -> None:
                      f"{r['paired_change'][0]:+.1f} ± {r['paired_change'][1]:.1f} | {r['worst'][0]} {r['worst'][1]:.2f}x | "
                      f"{r['within_5pct']}/{n} | {r['trigger_within_0.1']}/{n} | {'met' if met else 'not met'} |")
         r["goal_met"] = met
-    lines += ["", f"Noise: the standard error of one job's control change from its 40 sampled images is "
+    lines += ["", f"Scale: two base-model images of one control prompt at different sampling seeds differ by "
+              f"{noise['fresh_seed_change']:.1f} on average (what a fully changed sample scores).",
+              "", f"Noise: the standard error of one job's control change from its 40 sampled images is "
               f"{noise['sampling_se_per_job']:.1f}; the spread (SD) of a concept's control change over training seeds "
               f"is {noise['training_seed_sd'] or float('nan'):.1f}. Training seeds to tell the sign of a concept's paired "
               "difference from LoRA at 95% (median over concepts): " +
@@ -495,6 +552,25 @@ def report(a) -> None:
                                                        "sample_steps": SAMPLE_STEPS, "guidance": GUIDANCE,
                                                        "training_seeds": seeds}})
     print(text)
+
+
+def background_flips(job: Path) -> float | None:
+    """Share of the 8 control images in ``samples.png`` (rows: base, adapted; prompts 1-8 at sampling seed 0) whose
+    background changed between light and dark (border median grey on either side of 128)."""
+    from PIL import Image
+
+    path = job / "samples.png"
+    if not path.is_file():
+        return None
+    arr = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    side = arr.shape[0] // 4
+
+    def light(row: int, k: int) -> bool:
+        tile = arr[row * side:(row + 1) * side, k * side:(k + 1) * side]
+        border = np.concatenate([tile[0], tile[-1], tile[:, 0], tile[:, -1]])
+        return float(np.median(border)) > 128
+
+    return float(np.mean([light(0, k) != light(1, k) for k in range(8)]))
 
 
 def base_class_rates(root: Path, specs: list[dict], n: int) -> dict[str, float]:
@@ -567,7 +643,8 @@ def main() -> None:
     r.add_argument("--only", choices=("single", "groups"))
     r.add_argument("--names", nargs="+", help="Only these concepts (single-concept jobs).")
     r.add_argument("--seeds", nargs="+", type=int, default=list(TRAIN_SEEDS))
-    r.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    r.add_argument("--variants", nargs="+", default=["lora", "cat", "cat_pool_before", "cat_pool", "cat_pool_w3"],
+                   choices=list(VARIANTS))
     r.add_argument("--group-variants", nargs="+", default=["cat"], choices=list(GROUP_VARIANTS))
     r.add_argument("--control-seeds", type=int, default=4)
     r.add_argument("--rate-images", type=int, default=12)

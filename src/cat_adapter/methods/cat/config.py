@@ -39,8 +39,9 @@ class PreservationOptions:
     preserve_pool_exclude: str | None = opt(None, path="in", help="A file of prompts (one per line) left out of the "
                                             "pool: held out for evaluation (compare passes its control prompts).")
     preserve_pool_size: int = opt(2, "Prompts drawn from --preserve-pool each step, on the caption's noisy latents.")
-    preserve_pool_weight: float = opt(1.0, "Weight of the pool's mean preservation term beside the caption's y term "
-                                      "(the term is y's + W x the pool's; y keeps the paper's full alpha).")
+    preserve_pool_weight: float = opt(3.0, "Weight of the pool's mean preservation term beside the caption's y term "
+                                      "(the term is y's + W x the pool's; y keeps the paper's full alpha). 3 measured "
+                                      "best on random toy concepts (docs/benchmarks.md, preservation on random concepts).")
 
     @property
     def auto(self) -> bool:
