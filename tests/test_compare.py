@@ -86,6 +86,7 @@ def test_a_plan_cache_dir_is_relative_to_the_plan(world, tmp_path):
     assert plan.shared["cache_dir"] == str(tmp_path.resolve() / "shared-cache")
 
 
+@pytest.mark.slow
 def test_an_alpha_list_expands_into_variants_with_the_sweep_plots(world, tmp_path):
     plan = write_plan(tmp_path / "plan.yaml", world, seeds=[0],
                       variants=[{"name": "cat", "method": "cat", "cat_alpha": [0, 1.5]}])
@@ -107,6 +108,7 @@ def test_an_alpha_list_expands_into_variants_with_the_sweep_plots(world, tmp_pat
         out / "report" / "grid_class.png").size[1] / 2  # two alpha rows
 
 
+@pytest.mark.slow
 def test_jobs_in_one_process_do_not_leak_into_each_other(world, tmp_path):
     """A lora job after a dreambooth job and a ti job in one process gives, bit for bit, the weights of the same job
     run alone: no TI tokens, fine-tuned U-Net or LoRA layers are left behind in the shared base model."""

@@ -80,6 +80,7 @@ def test_constrained_resume_after_sigkill_equals_the_straight_run(tiny_model, co
     assert [r["cat_alpha"] for r in _log(resumed)] == pytest.approx([r["cat_alpha"] for r in _log(straight)], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_every_1_and_fraction_1_are_full_cat_bit_for_bit(tiny_model, concept_dir, tmp_path):
     kw = train_overrides(tiny_model, concept_dir, tmp_path / "full", method="cat", steps=3, cpu=True, batch_size=2)
     full = train(build_config(overrides=kw), progress=False)

@@ -270,6 +270,7 @@ def test_score_known_answers(world, tmp_path, capsys, caplog):
     assert (tmp_path / "s" / "grid.png").is_file() and (tmp_path / "s" / "pairs.csv").is_file()
 
 
+@pytest.mark.slow
 def test_score_jsonl_manifest_matches_evaluate_scores(eval_lora, world, tmp_path, capsys):
     """evaluate's manifest.csv re-scored as JSONL by `score` (in a subprocess) gives the same metrics."""
     with open(eval_lora / "manifest.csv", newline="") as f:

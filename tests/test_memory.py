@@ -106,6 +106,7 @@ def test_weight_bytes_of_a_linear_layer_per_mode():
     assert weight_bytes(lin, "nf4", torch.bfloat16) == 128 * 64 // 2 + 128 * 64 // 64 * 4 * 2 + 64 * 2
 
 
+@pytest.mark.slow
 def test_cli_prints_a_table_and_json(tiny_model, capsys):
     from cat_adapter.cli.main import main
 

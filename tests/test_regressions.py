@@ -58,6 +58,7 @@ def test_ranks_and_runs_get_distinct_model_seeds():
     assert torch.equal(draw(3, 0), (torch.manual_seed(3), torch.rand(4))[1])  # rank 0 keeps the run's own stream
 
 
+@pytest.mark.slow
 def test_validation_during_training_does_not_change_the_weights(tiny_model_ddpm, concept_dir, tmp_path):
     """7.6: validation consumed the global RNG (an ancestral sampler's noise), which shifted the dropout masks:
     a run with grids ended with other weights than one without."""

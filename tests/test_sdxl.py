@@ -83,6 +83,7 @@ def test_each_row_carries_its_images_original_size_and_crop(sdxl, tmp_path):
     assert seen == {(20, 40, 2, 0, 8, 24), (16, 16, 0, 0, 16, 16)}
 
 
+@pytest.mark.slow
 def test_cat_changes_only_lora_and_alpha_zero_equals_lora(sdxl, concept_dir, tmp_path):
     common = train_overrides(sdxl, concept_dir, None, steps=3, cpu=True)
     cat = train(build_config(overrides={**common, "output": str(tmp_path / "cat"), "method": "cat"}), progress=False)

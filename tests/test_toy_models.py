@@ -123,6 +123,7 @@ def test_build_prefix_gives_the_recorded_losses(tmp_path, stage):
     assert got[stage] == pytest.approx(want, rel=2e-4, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_toy_info_prints_the_documented_keys():
     out = subprocess.run([sys.executable, "-m", "cat_adapter.cli.main", "toy", "info"], capture_output=True,
                          text=True, check=True).stdout
