@@ -133,6 +133,7 @@ def draw(n: int) -> tuple[list[dict], list[list[str]]]:
 
 def control_prompts(spec: dict, look: dict) -> list[tuple[str, str]]:
     """(kind, prompt): the four other shapes in two colours each, and the own class in two other colours."""
+    from cat_adapter.data.auto_pool import _articles
     from cat_adapter.toy.world import SHAPES
 
     rng = random.Random(f"controls-{spec['name']}")
@@ -141,7 +142,7 @@ def control_prompts(spec: dict, look: dict) -> list[tuple[str, str]]:
     out = []
     for shape in SHAPES:
         for c in rng.sample(colours, 2):
-            out.append(("own" if shape == spec["class_noun"] else "other", f"{_a(c)} {c} {shape}"))
+            out.append(("own" if shape == spec["class_noun"] else "other", _articles(f"a {c} {shape}")))
     return out
 
 
@@ -161,7 +162,7 @@ def own_pool(spec: dict, data: Path) -> list[str]:
     """The prompt set ``--preserve-pool auto --preserve-pool-exclude CONTROLS`` builds now for the concept (its own
     class and the others with one attribute, in its captions' phrasing, the control prompts left out), in the order
     the benchmark ran it (other classes first, then the own class); checked against the code's pool."""
-    from types import SimpleNamespace
+    from dataclasses import replace
 
     from cat_adapter.data.auto_pool import _articles, auto_pool, subject_template
     from cat_adapter.data.concepts import ConceptSpec
@@ -175,15 +176,11 @@ def own_pool(spec: dict, data: Path) -> list[str]:
     own = [_articles("a " + a.format(noun=spec["class_noun"])) for a in world.attributes()]
     pool = [p for p in dict.fromkeys(others + own) if p not in held]
     c = ConceptSpec(spec["name"], str(data), spec["trigger"], spec["class_noun"], "a photo of {trigger} {class_noun}")
-    code = auto_pool([SimpleNamespace(**{**c.__dict__, "caption_template": subject_template(c)})], world=world,
+    code = auto_pool([replace(c, caption_template=subject_template(c))], world=world,
                      exclude=sorted(held))
     if set(code) != set(pool):
         raise SystemExit(f"{spec['name']}: the code's auto pool differs from the benchmark's ({len(code)} vs {len(pool)})")
     return pool
-
-
-def _a(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 # ------------------------------------------------------------------------------------------------ sampling
